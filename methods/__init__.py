@@ -1,0 +1,27 @@
+"""PEFT methods behind one interface.
+
+Public API::
+
+    from methods import build, register_method, PEFTMethod, MethodConfig, Site
+
+    host = build("swin-b", "parax", task="ade20k", device="meta")   # counting, no weights
+    host.num_trainable()
+
+A method is one file: a config dataclass, a PEFTMethod subclass decorated with
+``@register_method`` (or exposed through the ``parax_bench.methods`` entry-point group).
+"""
+from .base import MethodConfig, NotApplicableError, PEFTMethod, apply_method, width_field
+from .backbones import BACKBONES, BackboneSpec, UnknownBackboneError, create_backbone, get_backbone
+from .build import build, method_for
+from .hosts import BackboneHost, Site, SiteNotSupported
+from .registry import ENTRY_POINT_GROUP, UnknownMethodError, available_methods, get_method, register_method
+
+# Built-in methods register themselves on import.
+from . import full, linear, parax  # noqa: E402,F401
+
+__all__ = [
+    "BACKBONES", "BackboneHost", "BackboneSpec", "ENTRY_POINT_GROUP", "MethodConfig",
+    "NotApplicableError", "PEFTMethod", "Site", "SiteNotSupported", "UnknownBackboneError",
+    "UnknownMethodError", "apply_method", "available_methods", "build", "create_backbone",
+    "get_backbone", "get_method", "method_for", "register_method", "width_field",
+]

@@ -1,0 +1,104 @@
+"""The one interface every PEFT method implements, and how a method is applied to a backbone.
+
+A method is a config dataclass plus a :class:`PEFTMethod` subclass. ``attach`` adds modules
+at named sites of a :class:`~methods.hosts.BackboneHost` (and registers any shared state on
+it); ``trainable`` declares which parameters train. :func:`apply_method` freezes the backbone,
+attaches, and unfreezes exactly what the method declares, so the freezing rule lives in one
+place.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from .backbones import BackboneSpec
+    from .hosts import BackboneHost
+    from tasks import TaskSpec
+
+
+class NotApplicableError(ValueError):
+    """The method does not exist for this backbone family (a grid skips such cells)."""
+
+
+def width_field(default: Any, help: str = "") -> Any:
+    """A config field that sets the method's width (shown by ``parax-bench params``)."""
+    return dataclasses.field(default=default, metadata={"width": True, "help": help})
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base of every method's configuration. Subclasses validate their own fields."""
+
+    def validate(self) -> None:
+        """Raise ValueError with a message that says what was expected."""
+
+    def widths(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("width")}
+
+
+class PEFTMethod(ABC):
+    """A parameter-efficient fine-tuning method behind one interface."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    paper_name: ClassVar[str | None] = None  # the method's name in the paper's tables
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # family -> reason, for backbones the method does not exist for
+    not_applicable: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, config: MethodConfig | None = None, **overrides: Any):
+        if config is None:
+            config = self.config_class()
+        elif not isinstance(config, self.config_class):
+            raise TypeError(f"{self.name}: expected a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        known = {f.name for f in dataclasses.fields(self.config_class)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown option(s) {unknown}; options are {sorted(known)}")
+        self.config = dataclasses.replace(config, **overrides)
+        self.config.validate()
+
+    @classmethod
+    def paper_config(cls, backbone: "BackboneSpec", task: "TaskSpec | None") -> MethodConfig:
+        """The configuration the paper's released code uses for (backbone, task)."""
+        return cls.config_class()
+
+    @classmethod
+    def check_applicable(cls, family: str) -> None:
+        if family in cls.not_applicable:
+            raise NotApplicableError(f"{cls.name} is not applicable to {family} backbones: "
+                                     f"{cls.not_applicable[family]}")
+
+    @abstractmethod
+    def attach(self, host: "BackboneHost") -> None:
+        """Add this method's modules at the host's sites (the backbone is already frozen)."""
+
+    def trainable(self, host: "BackboneHost") -> Iterable[nn.Parameter]:
+        """Parameters that train. Default: everything the method attached."""
+        return host.added_parameters()
+
+    def official_keys(self, host: "BackboneHost") -> dict[str, str]:
+        """Map of our state-dict keys to the method authors' released naming ({} if none)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+def apply_method(host: "BackboneHost", method: PEFTMethod) -> "BackboneHost":
+    """Freeze the backbone, attach ``method`` and unfreeze what it declares as trainable."""
+    method.check_applicable(host.family)
+    if getattr(host, "method", None) is not None:
+        raise ValueError(f"{host.name} already has method '{host.method.name}' attached")
+    host.freeze_backbone()
+    method.attach(host)
+    for p in method.trainable(host):
+        p.requires_grad_(True)
+    host.method = method
+    return host

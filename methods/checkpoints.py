@@ -1,0 +1,148 @@
+"""Checkpoints in the original releases' naming.
+
+A checkpoint written by a method's authors holds the frozen backbone in the original Swin /
+ConvNeXt / ViT release naming plus the method's modules in the authors' naming. Loading
+splits the two: the frozen part goes through timm's own checkpoint filter for the family
+(the same path loads the original ImageNet-22K checkpoints), the method part through the
+method's ``official_keys`` map. Exporting is the inverse, so a round trip is lossless.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from timm.models import convnext, swin_transformer, vision_transformer
+
+from .hosts import BackboneHost
+
+_TIMM_FILTERS = {
+    "swin": swin_transformer.checkpoint_filter_fn,
+    "convnext": convnext.checkpoint_filter_fn,
+    "vit": vision_transformer.checkpoint_filter_fn,
+}
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not fit the model; the message says which keys and why."""
+
+
+@dataclass
+class LoadReport:
+    backbone_keys: int = 0
+    method_keys: int = 0
+    dropped: list[str] = field(default_factory=list)  # classifier weights of the source task
+    fresh: list[str] = field(default_factory=list)  # dense output norms a release lacks
+
+
+def _swin_to_release(key: str) -> str:
+    # timm downsamples at the start of stage i+1; the release at the end of stage i.
+    key = re.sub(r"^layers\.(\d+)\.downsample",
+                 lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
+    return key.replace("head.fc.", "head.")
+
+
+def _convnext_to_release(key: str) -> str:
+    key = re.sub(r"^stem\.", "downsample_layers.0.", key)
+    key = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", key)
+    key = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
+    key = key.replace(".conv_dw.", ".dwconv.").replace(".mlp.fc", ".pwconv")
+    key = re.sub(r"^head\.norm\.", "norm.", key)
+    return re.sub(r"^head\.fc\.", "head.", key)
+
+
+_TO_RELEASE = {"swin": _swin_to_release, "convnext": _convnext_to_release, "vit": lambda k: k}
+
+
+def _method_keys(host: BackboneHost) -> dict[str, str]:
+    method = getattr(host, "method", None)
+    return method.official_keys(host) if method is not None else {}
+
+
+def export_official(host: BackboneHost) -> dict[str, torch.Tensor]:
+    """The model's state dict in release naming (backbone) and the authors' naming (method)."""
+    ours_to_theirs = _method_keys(host)
+    added = host.added_state_keys()
+    unnamed = sorted(added - set(ours_to_theirs))
+    if unnamed:
+        raise CheckpointError(f"no release naming for {len(unnamed)} method key(s), e.g. {unnamed[:3]}")
+    to_release = _TO_RELEASE[host.family]
+    out = {}
+    for key, value in host.model.state_dict().items():
+        out[ours_to_theirs[key] if key in added else to_release(key)] = value.detach().clone()
+    return out
+
+
+def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if isinstance(source, Mapping):
+        state = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for corrupt files
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state.get(wrapper), Mapping):
+            state = dict(state[wrapper])
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("expected a state dict of tensors (optionally under 'model' or "
+                              "'state_dict')")
+    return state
+
+
+def load_official(host: BackboneHost,
+                  source: str | os.PathLike | Mapping[str, torch.Tensor]) -> LoadReport:
+    """Load a release-format checkpoint (authors' method checkpoint or a pretrained backbone).
+
+    Backbone weights must be complete (but for dense output norms, which a classification
+    release lacks); method weights may be absent altogether (a plain pretrained backbone) but
+    not partially present.
+    """
+    state = read_state_dict(source)
+    theirs_to_ours = {v: k for k, v in _method_keys(host).items()}
+    added = host.added_state_keys()
+    method_part = {theirs_to_ours.get(k, k): v for k, v in state.items()
+                   if k in theirs_to_ours or k in added}
+    backbone_part = {k: v for k, v in state.items() if k not in theirs_to_ours and k not in added}
+    ours = host.model.state_dict()
+    report = LoadReport()
+
+    try:
+        converted = _TIMM_FILTERS[host.family](backbone_part, host.model)
+    except (KeyError, RuntimeError, ValueError) as exc:  # foreign keys trip timm's filter
+        raise CheckpointError(f"checkpoint does not match backbone '{host.name}': the "
+                              f"{host.family} release naming does not fit ({exc!r})") from exc
+    backbone_keys = set(ours) - added
+    for key in list(converted):
+        if key not in ours and key.startswith(host.classifier_prefixes):
+            report.dropped.append(key)
+            del converted[key]
+    unexpected = sorted(set(converted) - backbone_keys)
+    missing = sorted(backbone_keys - set(converted))
+    # Dense output norms are new in the dense model (as in OpenMMLab): kept at their init.
+    report.fresh = [k for k in missing if k.startswith("out_norms.")]
+    missing = [k for k in missing if k not in report.fresh]
+    if unexpected or missing:
+        raise CheckpointError(
+            f"checkpoint does not match backbone '{host.name}': "
+            f"{len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}")
+    if method_part and set(method_part) != added:
+        missing_m = sorted(added - set(method_part))
+        raise CheckpointError(f"checkpoint has only part of the method's weights: "
+                              f"{len(missing_m)} missing, e.g. {missing_m[:5]}")
+    to_load = {**converted, **method_part}
+    for key, value in to_load.items():
+        if value.shape != ours[key].shape:
+            if value.numel() != ours[key].numel():
+                raise CheckpointError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)}, "
+                                      f"model {tuple(ours[key].shape)}")
+            to_load[key] = value.reshape(ours[key].shape)
+    host.model.load_state_dict(to_load, strict=bool(method_part) and not report.fresh)
+    report.backbone_keys, report.method_keys = len(converted), len(method_part)
+    return report

@@ -1,0 +1,270 @@
+"""Backbone hosts: the named insertion sites a PEFT method attaches modules to.
+
+A host wraps a timm backbone of one family (Swin, ConvNeXt, ViT) and gives every method the
+same vocabulary of sites, so that no method touches a block's code. To keep timm's parameter
+names (and so timm's and the original releases' checkpoints) intact, the host re-classes each
+block in place to a site-aware subclass whose forward is the timm forward plus calls into the
+modules attached at each site; with nothing attached the output is bit-identical to timm's.
+
+Calling convention for modules at token sites: ``module(x, hw) -> x`` with ``x`` of shape
+(B, N, C) and ``hw = (H, W)`` the patch grid; the patch tokens are the last ``H * W`` of the
+N tokens (ViT keeps its class token, and any prompts, in front of them).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Site(str, enum.Enum):
+    """Where a module runs. Transformer blocks: the block output is the MLP residual sum."""
+
+    ATTN_IN = "attn_in"  # normalised input of the token mixer (after norm1), before it runs
+    ATTN_BRANCH = "attn_branch"  # token-mixer branch output, before the residual sum
+    ATTN_OUT = "attn_out"  # stream right after the attention residual sum
+    MLP_IN = "mlp_in"  # normalised input of the MLP (after norm2), before it runs
+    MLP_BRANCH = "mlp_branch"  # MLP branch output, before the residual sum
+    MLP_PARALLEL = "mlp_parallel"  # f(stream before the MLP) added to the MLP residual sum
+    BLOCK_OUT = "block_out"  # stream after the whole block
+    QKV = "qkv"  # additive branch on the attention qkv linear
+    FC1 = "fc1"  # additive branch on the first MLP linear
+    FC2 = "fc2"  # additive branch on the second MLP linear
+    PROMPTS = "prompts"  # tokens appended to the block's input sequence (removed after it)
+    STAGE_OUT = "stage_out"  # a stage's output on its way to the neck (not the stream)
+
+
+TOKEN_SITES = frozenset({
+    Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
+    Site.MLP_PARALLEL, Site.BLOCK_OUT,
+})
+LINEAR_SITES = frozenset({Site.QKV, Site.FC1, Site.FC2})
+
+
+class SiteNotSupported(ValueError):
+    """The backbone family has no such site."""
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    index: int
+    dim: int
+    depth: int
+    reduction: int  # stride of the stage output w.r.t. the input image
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    stage: int
+    index: int  # position inside its stage
+    dim: int
+    module: nn.Module
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of tokens (B, L, C); takes the site signature (x, hw)."""
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+class SiteLinear(nn.Linear):
+    """nn.Linear with additive branches: y = W x + b + sum(branch(x)). Keeps weight/bias names."""
+
+    peft_branches: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        for branch in self.peft_branches:
+            out = out + branch(x)
+        return out
+
+
+class SiteMixin:
+    """Site dispatch for re-classed timm blocks; the attached modules live in ``peft_sites``."""
+
+    peft_sites: nn.ModuleDict
+
+    def _site(self, site: Site, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        for module in self.peft_sites[site.value]:
+            x = module(x, hw)
+        return x
+
+    def _has(self, site: Site) -> bool:
+        return len(self.peft_sites[site.value]) > 0
+
+    def _parallel(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor | None:
+        out = None
+        for module in self.peft_sites[Site.MLP_PARALLEL.value]:
+            y = module(x, hw)
+            out = y if out is None else out + y
+        return out
+
+    def _prompt_tokens(self, batch: int) -> torch.Tensor | None:
+        modules = self.peft_sites[Site.PROMPTS.value]
+        if not len(modules):
+            return None
+        return torch.cat([m(batch) for m in modules], dim=1)
+
+
+def _as_site_linear(linear: nn.Module, where: str) -> SiteLinear:
+    if isinstance(linear, SiteLinear):
+        return linear
+    if type(linear) is not nn.Linear:
+        raise TypeError(f"{where}: expected an nn.Linear to host branches, got {type(linear).__name__}")
+    linear.__class__ = SiteLinear
+    linear.peft_branches = nn.ModuleList()
+    return linear
+
+
+class BackboneHost:
+    """One timm backbone plus its sites. Subclasses describe a family.
+
+    Attributes the subclasses fill: ``family``, ``sites`` (supported), ``stages``, ``blocks``.
+    Everything a method adds lives in modules registered on ``self.model`` (so ``state_dict``,
+    ``.to()`` and optimisers see it): site modules inside the blocks, shared state in
+    ``model.peft_shared``, stage-output modules in ``model.peft_stage_out``.
+    """
+
+    family: str = ""
+    out_norm_eps: float | None = None  # dense mode: eps of the stage-output norms (None: none)
+    classifier_prefixes: tuple[str, ...] = ("head.",)  # checkpoint keys only classifiers use
+    sites: frozenset[Site] = frozenset()
+    linear_paths: dict[Site, str] = {}  # site -> attribute path inside a block
+    block_class: type = nn.Module  # the site-aware subclass blocks are re-classed to
+
+    def __init__(self, model: nn.Module, name: str, dense: bool = True):
+        self.model = model
+        self.name = name
+        self.dense = dense
+        self.stages: list[StageInfo] = self._describe_stages()
+        self.blocks: list[BlockInfo] = list(self._iter_blocks())
+        for info in self.blocks:
+            block = info.module
+            if not isinstance(block, self.block_class):
+                block.__class__ = self.block_class
+                block.peft_sites = nn.ModuleDict({s.value: nn.ModuleList() for s in Site
+                                                  if s in TOKEN_SITES or s is Site.PROMPTS})
+        if dense and self.out_norm_eps is not None:
+            # As OpenMMLab's dense backbones: a norm on every stage output (part of the
+            # backbone, trained only by full fine-tuning) and no classification-only norm.
+            self._drop_classifier_norm()
+            model.out_norms = nn.ModuleList([ChannelNorm(s.dim, eps=self.out_norm_eps)
+                                             for s in self.stages])
+        model.peft_shared = nn.ModuleDict()
+        model.peft_stage_out = nn.ModuleList([nn.ModuleList() for _ in self.stages])
+
+    # -- family-specific ---------------------------------------------------------------------
+    def _describe_stages(self) -> list[StageInfo]:
+        raise NotImplementedError
+
+    def _iter_blocks(self) -> Iterator[BlockInfo]:
+        raise NotImplementedError
+
+    def _forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stage outputs in (B, C, H, W), before stage-output norms and modules."""
+        raise NotImplementedError
+
+    def _drop_classifier_norm(self) -> None:
+        """Dense mode: remove the norm only the classifier uses."""
+        raise NotImplementedError
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logits features (B, C) for classification."""
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    # -- attaching ---------------------------------------------------------------------------
+    def require(self, *sites: Site, method: str = "") -> None:
+        missing = [s.value for s in sites if s not in self.sites]
+        if missing:
+            who = f"{method}: " if method else ""
+            raise SiteNotSupported(
+                f"{who}{self.family} backbone '{self.name}' has no site(s) {missing}; "
+                f"its sites are {sorted(s.value for s in self.sites)}")
+
+    def add(self, site: Site, module: nn.Module, block: BlockInfo | None = None,
+            stage: int | None = None) -> nn.Module:
+        """Attach ``module`` at ``site`` of ``block`` (token/linear/prompt sites) or of ``stage``."""
+        site = Site(site)
+        self.require(site)
+        if site is Site.STAGE_OUT:
+            if stage is None:
+                raise ValueError("stage_out modules need stage=<index>")
+            self.model.peft_stage_out[stage].append(module)
+        elif block is None:
+            raise ValueError(f"site {site.value} needs block=<BlockInfo>")
+        elif site in LINEAR_SITES:
+            path = self.linear_paths[site]
+            parent_path, _, attr = path.rpartition(".")
+            parent = block.module.get_submodule(parent_path) if parent_path else block.module
+            linear = _as_site_linear(getattr(parent, attr), f"{self.family} block {path}")
+            linear.peft_branches.append(module)
+        else:
+            block.module.peft_sites[site.value].append(module)
+        return module
+
+    def add_shared(self, name: str, module: nn.Module) -> nn.Module:
+        """Register state a method shares across sites (e.g. ParaX expert centers)."""
+        if name in self.model.peft_shared:
+            raise ValueError(f"shared state '{name}' is already registered on {self.name}")
+        self.model.peft_shared[name] = module
+        return module
+
+    def linear(self, block: BlockInfo, site: Site) -> nn.Linear:
+        """The frozen linear layer behind a linear site (e.g. for merging)."""
+        self.require(site)
+        return block.module.get_submodule(self.linear_paths[Site(site)])
+
+    # -- parameters --------------------------------------------------------------------------
+    def _added_prefixes(self) -> tuple[str, ...]:
+        return ("peft_shared.", "peft_stage_out.") + tuple(
+            name + "." for name, _ in self.model.named_modules()
+            if name.endswith((".peft_sites", ".peft_branches")))
+
+    def added_parameters(self) -> list[nn.Parameter]:
+        """Everything methods attached: site modules, linear branches, shared state."""
+        prefixes = self._added_prefixes()
+        return [p for name, p in self.model.named_parameters() if name.startswith(prefixes)]
+
+    def added_state_keys(self) -> set[str]:
+        """State-dict keys (parameters and buffers) of everything methods attached."""
+        prefixes = self._added_prefixes()
+        return {k for k in self.model.state_dict() if k.startswith(prefixes)}
+
+    def freeze_backbone(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # -- running -----------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale features (B, C_i, H_i, W_i) for necks, after stage-output modules."""
+        out_norms = getattr(self.model, "out_norms", None)
+        outs = []
+        for i, feat in enumerate(self._forward_stages(x)):
+            modules = list(self.model.peft_stage_out[i])
+            if out_norms is not None:
+                modules.insert(0, out_norms[i])
+            if modules:
+                b, c, h, w = feat.shape
+                tokens = feat.flatten(2).transpose(1, 2)
+                for module in modules:
+                    tokens = module(tokens, (h, w))
+                feat = tokens.transpose(1, 2).reshape(b, c, h, w)
+            outs.append(feat)
+        return outs
+
+
+def split_patches(x: torch.Tensor, hw: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split tokens into (prefix tokens, patch tokens): the patches are the last H*W."""
+    n = hw[0] * hw[1]
+    return x[:, : x.shape[1] - n], x[:, x.shape[1] - n:]

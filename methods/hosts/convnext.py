@@ -1,0 +1,88 @@
+"""Host for timm ConvNeXt: one residual sum per block (depthwise conv -> norm -> MLP)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+from timm.models.convnext import ConvNeXtBlock
+
+from .base import BackboneHost, BlockInfo, Site, SiteMixin, StageInfo
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+def _spatial(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
+
+
+class ConvNeXtSiteBlock(SiteMixin, ConvNeXtBlock):
+    """timm's ConvNeXtBlock.forward with site calls; the depthwise conv plays the token mixer.
+
+    Sites: attn_in (block input, before the depthwise conv), mlp_in (after the norm),
+    mlp_branch (after layer scale, before drop path), mlp_parallel (f(block input) added to
+    the residual sum), block_out, fc1 / fc2 (the pointwise linears, linear-MLP blocks only).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hw = (x.shape[2], x.shape[3])
+        shortcut = x
+        if self._has(Site.ATTN_IN):
+            x = _spatial(self._site(Site.ATTN_IN, _tokens(x), hw), hw)
+        x = self.conv_dw(x)
+        if self.use_conv_mlp:
+            x = self.norm(x)
+            if self._has(Site.MLP_IN):
+                x = _spatial(self._site(Site.MLP_IN, _tokens(x), hw), hw)
+            x = self.mlp(x)
+        else:
+            x = x.permute(0, 2, 3, 1)
+            x = self.norm(x)
+            if self._has(Site.MLP_IN):
+                x = self._site(Site.MLP_IN, x.flatten(1, 2), hw).reshape(x.shape)
+            x = self.mlp(x)
+            x = x.permute(0, 3, 1, 2)
+        if self.gamma is not None:
+            x = x.mul(self.gamma.reshape(1, -1, 1, 1))
+        if self._has(Site.MLP_BRANCH):
+            x = _spatial(self._site(Site.MLP_BRANCH, _tokens(x), hw), hw)
+        parallel = self._parallel(_tokens(shortcut), hw) if self._has(Site.MLP_PARALLEL) else None
+        x = self.drop_path(x) + self.shortcut(shortcut)
+        if parallel is not None:
+            x = x + _spatial(parallel, hw)
+        if self._has(Site.BLOCK_OUT):
+            x = _spatial(self._site(Site.BLOCK_OUT, _tokens(x), hw), hw)
+        return x
+
+
+class ConvNeXtHost(BackboneHost):
+    family = "convnext"
+    out_norm_eps = 1e-6
+    sites = frozenset({
+        Site.ATTN_IN, Site.MLP_IN, Site.MLP_BRANCH, Site.MLP_PARALLEL, Site.BLOCK_OUT,
+        Site.FC1, Site.FC2, Site.STAGE_OUT,
+    })
+    linear_paths = {Site.FC1: "mlp.fc1", Site.FC2: "mlp.fc2"}
+    block_class = ConvNeXtSiteBlock
+
+    def _describe_stages(self) -> list[StageInfo]:
+        return [StageInfo(i, info["num_chs"], len(stage.blocks), info["reduction"])
+                for i, (stage, info) in enumerate(zip(self.model.stages, self.model.feature_info))]
+
+    def _iter_blocks(self) -> Iterator[BlockInfo]:
+        for i, stage in enumerate(self.model.stages):
+            for j, block in enumerate(stage.blocks):
+                yield BlockInfo(i, j, self.stages[i].dim, block)
+
+    def _drop_classifier_norm(self) -> None:
+        self.model.head = nn.Identity()
+
+    def _forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.model.stem(x)
+        outs = []
+        for stage in self.model.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs

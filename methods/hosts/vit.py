@@ -1,0 +1,78 @@
+"""Host for timm VisionTransformer: pre-norm blocks over [prefix tokens, patch tokens]."""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from timm.models.vision_transformer import Block
+
+from .base import BackboneHost, BlockInfo, Site, SiteMixin, StageInfo
+
+
+class ViTSiteBlock(SiteMixin, Block):
+    """timm's ViT Block.forward with site calls.
+
+    Prompt tokens (site ``prompts``) are inserted after the prefix (class) tokens at the
+    block's input and dropped from its output, i.e. deep prompting. Token sites see
+    [prefix, prompts, patches]; the patch grid is square (H = W = sqrt(#patch tokens)).
+    """
+
+    peft_num_prefix: int = 1
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        p = self.peft_num_prefix
+        prompts = self._prompt_tokens(x.shape[0])
+        n_prompts = 0 if prompts is None else prompts.shape[1]
+        if prompts is not None:
+            x = torch.cat([x[:, :p], prompts.to(x.dtype), x[:, p:]], dim=1)
+        n_patch = x.shape[1] - p - n_prompts
+        side = math.isqrt(n_patch)
+        if side * side != n_patch:
+            raise ValueError(f"ViT sites need a square patch grid, got {n_patch} patch tokens")
+        hw = (side, side)
+        h = self._site(Site.ATTN_IN, self.norm1(x), hw)
+        h = self.ls1(self.attn(h, attn_mask=attn_mask, is_causal=is_causal))
+        h = self._site(Site.ATTN_BRANCH, h, hw)
+        x = x + self.drop_path1(h)
+        x = self._site(Site.ATTN_OUT, x, hw)
+        h = self._site(Site.MLP_IN, self.norm2(x), hw)
+        h = self._site(Site.MLP_BRANCH, self.ls2(self.mlp(h)), hw)
+        parallel = self._parallel(x, hw)
+        x = x + self.drop_path2(h)
+        if parallel is not None:
+            x = x + parallel
+        x = self._site(Site.BLOCK_OUT, x, hw)
+        if n_prompts:
+            x = torch.cat([x[:, :p], x[:, p + n_prompts:]], dim=1)
+        return x
+
+
+class ViTHost(BackboneHost):
+    family = "vit"
+    sites = frozenset({
+        Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
+        Site.MLP_PARALLEL, Site.BLOCK_OUT, Site.QKV, Site.FC1, Site.FC2, Site.PROMPTS,
+        Site.STAGE_OUT,
+    })
+    linear_paths = {Site.QKV: "attn.qkv", Site.FC1: "mlp.fc1", Site.FC2: "mlp.fc2"}
+    block_class = ViTSiteBlock
+
+    def __init__(self, model, name, dense=True):
+        super().__init__(model, name, dense)
+        for info in self.blocks:
+            info.module.peft_num_prefix = model.num_prefix_tokens
+
+    def _describe_stages(self) -> list[StageInfo]:
+        patch = self.model.patch_embed.patch_size[0]
+        return [StageInfo(0, self.model.embed_dim, len(self.model.blocks), patch)]
+
+    def _iter_blocks(self) -> Iterator[BlockInfo]:
+        for j, block in enumerate(self.model.blocks):
+            yield BlockInfo(0, j, self.model.embed_dim, block)
+
+    def _forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        tokens = self.model.forward_features(x)[:, self.model.num_prefix_tokens:]
+        side = math.isqrt(tokens.shape[1])
+        return [tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)]

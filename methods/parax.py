@@ -1,0 +1,350 @@
+"""ParaX (AdaRoute): adapters whose weights are routed mixtures of shared expert parameters.
+
+Numerically the method of the authors' release (see the project's ParaX reference notes):
+one expert center per stage holds M down-projection, up-projection and depthwise-kernel
+experts; each ParaX module routes its pooled input to per-sample mixtures of them.
+
+Module forward, x of shape (B, L, C) on an H x W grid:
+  s = x; x = x + g * LN(x); x = x + dwconv1(x)
+  gates = softmax per chunk of router(mean_L(x))   chunks [down, up, conv k1, conv k2, ...]
+  z = x W_down[b]^T; y_i = dynamic depthwise convs on z (sequential with residual scales)
+  out = sum_i softmax(SA(sum_i y_i))_i * y_i; x = out + z; x = GELU(x + proj(x))
+  x = x W_up[b]^T; x = x + dwconv2(x); return (ls * x + lb) + (rs * s + rb)
+
+Options reproduce the paper's ablations: expert multiplier (Table 5), bottleneck width,
+sharing scope (Table 6), kernel sets / scale aggregation (Table 11), center init (Table 12),
+top-k routing (Table 13), conv layout, gate activation and router width (Table 14) and the
+conv-free variant (Table 15). Where the release leaves a variant's detail open, the choice
+is documented on the option.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import MethodConfig, PEFTMethod, width_field
+from .hosts import BackboneHost, ChannelNorm, Site, split_patches
+from .registry import register_method
+
+GATES = ("softmax", "sigmoid", "relu")
+CONV_LAYOUTS = ("sequential", "parallel", "sequential_no_residual")
+CENTER_INITS = ("trunc_normal", "kaiming_uniform", "kaiming_normal")
+# Where ParaX modules go, per backbone family (in the authors' adapter1/adapter2 order).
+SITES = {"swin": (Site.ATTN_OUT, Site.BLOCK_OUT), "convnext": (Site.BLOCK_OUT,),
+         "vit": (Site.BLOCK_OUT,)}
+EXTRA_NORM_EPS = {"swin": 1e-5, "convnext": 1e-6, "vit": 1e-6}
+
+
+@dataclasses.dataclass
+class ParaXConfig(MethodConfig):
+    bottleneck: int = width_field(128, "r: bottleneck width of the routed projections")
+    router_hidden: int = width_field(16, "h: hidden width of the router MLP")
+    expert_multiplier: float = width_field(1.0, "M = multiplier x blocks sharing a center")
+    layers_per_group: int | None = None  # blocks sharing one center; None = whole stage
+    kernel_sizes: tuple[int, ...] = (3, 5, 7)
+    scale_aggregation: bool = True  # off: the conv outputs are summed with equal weight
+    convs: bool = True  # off: 'ParaX without convs' (no dwconvs, no kernel experts)
+    conv_layout: str = "sequential"
+    gate: str = "softmax"  # sigmoid / relu: element-wise gates, not normalised
+    top_k: int | None = None  # keep the k largest logits per chunk (min(k, M) per center)
+    center_init: str = "trunc_normal"
+    layer_scale_init: float | None = 1.0  # None: no layer_scale / layer_bias
+    res_scale_init: float | None = 1.0  # None: no res_scale / res_bias
+    learn_temperature: bool = False
+    extra_norms: bool = True  # a trainable LayerNorm on each stage output fed to a neck
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"parax: {msg}")
+
+        need(isinstance(self.bottleneck, int) and self.bottleneck > 0,
+             f"bottleneck must be a positive integer, got {self.bottleneck!r}")
+        need(isinstance(self.router_hidden, int) and self.router_hidden > 0,
+             f"router_hidden must be a positive integer, got {self.router_hidden!r}")
+        need(self.expert_multiplier > 0,
+             f"expert_multiplier must be > 0, got {self.expert_multiplier!r}")
+        need(self.layers_per_group is None or self.layers_per_group > 0,
+             f"layers_per_group must be a positive integer or None, got {self.layers_per_group!r}")
+        self.kernel_sizes = tuple(self.kernel_sizes)
+        if self.convs:
+            need(len(self.kernel_sizes) > 0, "kernel_sizes must not be empty when convs are on")
+            for k in self.kernel_sizes:
+                need(isinstance(k, int) and k > 0 and k % 2 == 1,
+                     f"kernel sizes must be odd positive integers ('same' padding), got {k!r} "
+                     f"in {self.kernel_sizes}")
+            need(len(set(self.kernel_sizes)) == len(self.kernel_sizes),
+                 f"kernel sizes must be distinct, got {self.kernel_sizes}")
+        need(self.conv_layout in CONV_LAYOUTS,
+             f"conv_layout must be one of {CONV_LAYOUTS}, got {self.conv_layout!r}")
+        need(self.gate in GATES, f"gate must be one of {GATES}, got {self.gate!r}")
+        need(self.center_init in CENTER_INITS,
+             f"center_init must be one of {CENTER_INITS}, got {self.center_init!r}")
+        need(self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 1),
+             f"top_k must be a positive integer or None, got {self.top_k!r}")
+
+    @property
+    def kernels(self) -> tuple[int, ...]:
+        return self.kernel_sizes if self.convs else ()
+
+
+def _kaiming_uniform(module: nn.Module) -> nn.Module:
+    nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+    return module
+
+
+class ExpertCenter(nn.Module):
+    """M experts of each routed tensor, shared by every ParaX module of a stage (or group)."""
+
+    def __init__(self, num_experts: int, dim: int, bottleneck: int, kernels: tuple[int, ...],
+                 init: str = "trunc_normal"):
+        super().__init__()
+        m, c, r = num_experts, dim, bottleneck
+        self.num_experts = m
+        self.down = nn.Parameter(torch.empty(m, r, c))
+        self.up = nn.Parameter(torch.empty(m, c, r))
+        self.kernels = nn.ParameterDict({f"k{k}": nn.Parameter(torch.empty(m, r, 1, k, k))
+                                         for k in kernels})
+        for p in self.parameters():
+            for expert in p:  # each expert slice on its own (fan-in of one expert)
+                if init == "trunc_normal":
+                    nn.init.trunc_normal_(expert, std=0.02)
+                elif init == "kaiming_uniform":
+                    nn.init.kaiming_uniform_(expert, a=math.sqrt(5))
+                else:
+                    nn.init.kaiming_normal_(expert)
+
+
+class ParaXModule(nn.Module):
+    """One ParaX adapter at one site. Part names follow the authors' release."""
+
+    def __init__(self, dim: int, center: ExpertCenter, cfg: ParaXConfig):
+        super().__init__()
+        c, r, h = dim, cfg.bottleneck, cfg.router_hidden
+        self.kernel_sizes = cfg.kernels
+        self.conv_layout = cfg.conv_layout
+        self.gate = cfg.gate
+        self.num_experts = center.num_experts
+        self.top_k = None if cfg.top_k is None else min(cfg.top_k, center.num_experts)
+        # Held outside the module tree: the center is registered once, on the host.
+        self.__dict__["center"] = center
+        n_chunks = 2 + len(self.kernel_sizes)
+
+        self.norm = nn.LayerNorm(c, eps=1e-5)
+        self.norm_gamma = nn.Parameter(torch.full((c,), 1e-5))
+        if self.kernel_sizes:
+            self.dwconv1 = _kaiming_uniform(nn.Conv2d(c, c, 3, padding=1, groups=c))
+            self.dwconv2 = _kaiming_uniform(nn.Conv2d(c, c, 3, padding=1, groups=c))
+        self.router = nn.Sequential(_kaiming_uniform(nn.Linear(c, h)), nn.GELU(),
+                                    _kaiming_uniform(nn.Linear(h, self.num_experts * n_chunks)))
+        if cfg.scale_aggregation and len(self.kernel_sizes) > 1:
+            self.attn = nn.Sequential(_kaiming_uniform(nn.Linear(r, len(self.kernel_sizes))),
+                                      nn.Softmax(dim=-1))
+        else:
+            self.attn = None
+        if self.conv_layout == "sequential" and len(self.kernel_sizes) > 1:
+            self.conv_res_scale = nn.Parameter(torch.ones(2 * (len(self.kernel_sizes) - 1)))
+        else:
+            self.conv_res_scale = None
+        self.proj = _kaiming_uniform(nn.Linear(r, r))
+        if cfg.layer_scale_init is not None:
+            self.layer_scale = nn.Parameter(torch.full((c,), float(cfg.layer_scale_init)))
+            self.layer_bias = nn.Parameter(torch.zeros(c))
+        else:
+            self.layer_scale = self.layer_bias = None
+        if cfg.res_scale_init is not None:
+            self.res_scale = nn.Parameter(torch.full((c,), float(cfg.res_scale_init)))
+            self.res_bias = nn.Parameter(torch.zeros(c))
+        else:
+            self.res_scale = self.res_bias = None
+        if cfg.learn_temperature:
+            self.logit_scale = nn.Parameter(torch.zeros(()))
+        else:
+            self.register_buffer("logit_scale", torch.zeros(()))
+
+    # -- routing -------------------------------------------------------------------------
+    def gates(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, C) pooled tokens -> (B, G, M) mixing weights, G = [down, up, conv k...]."""
+        logits = self.router(pooled) * self.logit_scale.exp()
+        logits = logits.view(pooled.shape[0], -1, self.num_experts)
+        keep = None
+        if self.top_k is not None and self.top_k < self.num_experts:
+            kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
+            keep = logits >= kth
+        if self.gate == "softmax":
+            if keep is not None:
+                logits = logits.masked_fill(~keep, float("-inf"))
+            return logits.softmax(dim=-1)
+        g = torch.sigmoid(logits) if self.gate == "sigmoid" else F.relu(logits)
+        return g if keep is None else g * keep
+
+    @staticmethod
+    def _dw(conv: nn.Conv2d, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        y = conv(x.transpose(1, 2).reshape(b, c, *hw))
+        return y.flatten(2).transpose(1, 2)
+
+    @staticmethod
+    def _dynamic_dw(z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Per-sample depthwise conv: z (B, r, H, W), kernel (B, r, 1, k, k)."""
+        b, r, h, w = z.shape
+        k = kernel.shape[-1]
+        y = F.conv2d(z.reshape(1, b * r, h, w), kernel.reshape(b * r, 1, k, k),
+                     padding=k // 2, groups=b * r)
+        return y.view(b, r, h, w)
+
+    def _conv_path(self, z: torch.Tensor, kernels: list[torch.Tensor]) -> list[torch.Tensor]:
+        outs: list[torch.Tensor] = []
+        for i, kernel in enumerate(kernels):
+            if i == 0 or self.conv_layout == "parallel":
+                inp = z
+            elif self.conv_layout == "sequential":
+                a = self.conv_res_scale
+                inp = a[2 * (i - 1)] * z + a[2 * (i - 1) + 1] * outs[-1]
+            else:  # sequential_no_residual
+                inp = outs[-1]
+            outs.append(self._dynamic_dw(inp, kernel))
+        return outs
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        prefix, x = split_patches(x, hw)  # ViT: the class token bypasses the module
+        out = self._adapt(x, hw)
+        return torch.cat([prefix, out], dim=1) if prefix.shape[1] else out
+
+    def _adapt(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        center = self.center
+        b, n, _ = x.shape
+        shortcut = x
+        x = x + self.norm_gamma * self.norm(x)
+        if self.kernel_sizes:
+            x = x + self._dw(self.dwconv1, x, hw)
+        g = self.gates(x.mean(dim=1))
+        w_down = torch.einsum("bm,mrc->brc", g[:, 0], center.down)
+        z = torch.bmm(x, w_down.transpose(1, 2))  # (B, L, r)
+        if self.kernel_sizes:
+            z_map = z.transpose(1, 2).reshape(b, -1, *hw)
+            kernels = [torch.einsum("bm,mrokl->brokl", g[:, 2 + i], center.kernels[f"k{k}"])
+                       for i, k in enumerate(self.kernel_sizes)]
+            ys = [y.flatten(2).transpose(1, 2) for y in self._conv_path(z_map, kernels)]
+            if self.attn is not None:
+                weights = self.attn(sum(ys))  # (B, L, len(K))
+                out = sum(weights[..., i:i + 1] * y for i, y in enumerate(ys))
+            else:
+                out = sum(ys)
+            x = out + z
+        else:
+            x = z
+        x = F.gelu(x + self.proj(x))
+        w_up = torch.einsum("bm,mcr->bcr", g[:, 1], center.up)
+        x = torch.bmm(x, w_up.transpose(1, 2))  # (B, L, C)
+        if self.kernel_sizes:
+            x = x + self._dw(self.dwconv2, x, hw)
+        if self.layer_scale is not None:
+            x = self.layer_scale * x + self.layer_bias
+        if self.res_scale is not None:
+            shortcut = self.res_scale * shortcut + self.res_bias
+        return x + shortcut
+
+
+class ParaXState(nn.Module):
+    """ParaX's shared state on a host: the expert centers, in stage order."""
+
+    def __init__(self):
+        super().__init__()
+        self.centers = nn.ModuleList()
+
+
+@register_method
+class ParaX(PEFTMethod):
+    name = "parax"
+    paper_name = "AdaRoute"
+    description = ("ParaX / AdaRoute: adapters synthesised per sample from shared expert "
+                   "centers by dynamic parameter routing")
+    config_class = ParaXConfig
+
+    @classmethod
+    def paper_config(cls, backbone, task) -> ParaXConfig:
+        cfg = ParaXConfig()
+        if task is None:
+            return cfg
+        if backbone.family == "convnext" and task.kind == "semantic_segmentation":
+            cfg.router_hidden = 24  # released ConvNeXt ADE20K configs (remote sensing reuses them)
+        if backbone.name == "swin-b" and task.name == "coco_instance":
+            cfg.layer_scale_init, cfg.res_scale_init = 1e-5, None
+        cfg.extra_norms = task.dense
+        return cfg
+
+    def groups(self, host: BackboneHost) -> list[tuple[int, list]]:
+        """(stage index, blocks) for each center: one per stage unless layers_per_group is set."""
+        out = []
+        for stage in host.stages:
+            blocks = [b for b in host.blocks if b.stage == stage.index]
+            size = self.config.layers_per_group or len(blocks)
+            out += [(stage.index, blocks[i:i + size]) for i in range(0, len(blocks), size)]
+        return out
+
+    def attach(self, host: BackboneHost) -> None:
+        cfg = self.config
+        sites = SITES[host.family]
+        host.require(*sites, method=self.name)
+        groups = self.groups(host)
+        sizes = [max(1, round(cfg.expert_multiplier * len(blocks))) for _, blocks in groups]
+        if cfg.top_k is not None and cfg.top_k > max(sizes):
+            raise ValueError(f"parax: top_k={cfg.top_k} exceeds the number of experts of every "
+                             f"center on {host.name} (M per center: {sizes})")
+        state = host.add_shared(self.name, ParaXState())
+        for (stage, blocks), m in zip(groups, sizes):
+            dim = host.stages[stage].dim
+            center = ExpertCenter(m, dim, cfg.bottleneck, cfg.kernels, cfg.center_init)
+            state.centers.append(center)
+            for block in blocks:
+                for site in sites:
+                    host.add(site, ParaXModule(dim, center, cfg), block=block)
+        if cfg.extra_norms:
+            for stage in host.stages:
+                host.add(Site.STAGE_OUT, ChannelNorm(stage.dim, eps=EXTRA_NORM_EPS[host.family]),
+                         stage=stage.index)
+
+    def trainable(self, host: BackboneHost) -> Iterable[nn.Parameter]:
+        return host.added_parameters()
+
+    def official_keys(self, host: BackboneHost) -> dict[str, str]:
+        """Our keys -> the authors' release naming (one center per stage)."""
+        groups = self.groups(host)
+        if len(groups) != len(host.stages):
+            raise ValueError("parax: the authors' checkpoint format has one center per stage; "
+                             "layers_per_group splits stages")
+        prefixes: dict[str, str] = {}
+        for stage in host.stages:
+            theirs = "peft_params" if host.family == "vit" else f"peft_params.{stage.index}"
+            prefixes[f"peft_shared.parax.centers.{stage.index}."] = theirs + "."
+            norm = f"extra_norm{stage.index}" if host.family == "swin" else f"extra_norm.{stage.index}"
+            prefixes[f"peft_stage_out.{stage.index}.0."] = norm + "."
+        for block in host.blocks:
+            i, j = block.stage, block.index
+            ours, theirs = {
+                "swin": (f"layers.{i}.blocks.{j}", f"layers.{i}.blocks.{j}"),
+                "convnext": (f"stages.{i}.blocks.{j}", f"stages.{i}.{j}"),
+                "vit": (f"blocks.{j}", f"blocks.{j}"),
+            }[host.family]
+            names = ("adapter1", "adapter2") if host.family == "swin" else ("adapter",)
+            for site, name in zip(SITES[host.family], names):
+                prefixes[f"{ours}.peft_sites.{site.value}.0."] = f"{theirs}.{name}."
+        center_names = {"down": "projA_params", "up": "projB_params"}
+        center_names.update({f"kernels.k{k}": f"conv{k}x{k}_params" for k in self.config.kernels})
+        out = {}
+        for key in host.model.state_dict():
+            for ours, theirs in prefixes.items():
+                if key.startswith(ours):
+                    rest = key[len(ours):]
+                    out[key] = theirs + center_names.get(rest, rest)
+                    break
+        return out

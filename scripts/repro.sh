@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: set up .venv if needed, then `dvc repro` (arguments are passed to dvc).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/setup-venv.sh
+export PATH="$root/.venv/bin:$PATH" DVC_SITE_CACHE_DIR="$root/.dvc/site-cache"
+exec dvc repro "$@"

@@ -1,0 +1,120 @@
+"""Checkpoints in the authors' ParaX format and the original backbone releases' naming."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from methods import build
+from methods.checkpoints import CheckpointError, export_official, load_official
+
+from .conftest import MICRO, micro_input, run
+
+TASK = {"swin": "ade20k", "convnext": "coco_instance", "vit": "cifar100"}
+
+# A few keys of each family as the authors' code and the original releases name them.
+OFFICIAL_KEYS = {
+    "swin": ["layers.0.blocks.1.adapter1.router.0.weight", "layers.2.blocks.0.adapter2.attn.0.bias",
+             "layers.3.blocks.1.adapter2.conv_res_scale", "layers.1.blocks.0.adapter1.logit_scale",
+             "peft_params.2.projA_params", "peft_params.0.projB_params",
+             "peft_params.1.conv7x7_params", "extra_norm3.weight",
+             "layers.0.downsample.reduction.weight", "layers.0.blocks.0.attn.qkv.weight",
+             "patch_embed.proj.weight", "layers.2.blocks.1.attn.relative_position_bias_table"],
+    "convnext": ["stages.0.0.adapter.dwconv1.weight", "stages.2.2.adapter.norm_gamma",
+                 "stages.1.1.adapter.layer_scale", "peft_params.3.conv3x3_params",
+                 "extra_norm.0.weight", "downsample_layers.0.0.weight",
+                 "downsample_layers.1.1.weight", "stages.0.0.dwconv.weight",
+                 "stages.0.0.pwconv1.weight", "stages.3.1.gamma"],
+    "vit": ["blocks.0.adapter.router.2.weight", "blocks.3.adapter.res_bias",
+            "peft_params.projA_params", "peft_params.conv5x5_params", "cls_token",
+            "blocks.1.attn.qkv.weight"],
+}
+
+
+def randomized(family: str, seed: int):
+    torch.manual_seed(seed)
+    host = build(MICRO[family], "parax", TASK[family])
+    with torch.no_grad():
+        for p in host.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return host.model.eval() and host
+
+
+@pytest.mark.parametrize("family", ["swin", "convnext", "vit"])
+def test_official_round_trip_is_lossless(family, tmp_path):
+    source = randomized(family, seed=1)
+    official = export_official(source)
+    for key in OFFICIAL_KEYS[family]:
+        assert key in official, key
+    assert not any("peft_" in k and not k.startswith("peft_params") for k in official)
+    if family == "swin":
+        assert "layers.3.downsample.reduction.weight" not in official  # release: end of stage
+    path = tmp_path / "parax_official.pth"
+    torch.save({"model": official}, path)
+
+    target = randomized(family, seed=2)
+    report = load_official(target, path)
+    assert report.method_keys == len(target.added_state_keys())
+    ours, theirs = source.model.state_dict(), target.model.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    x = micro_input(source.name)
+    assert all(torch.equal(a, b) for a, b in zip(run(source, x), run(target, x)))
+    assert export_official(target).keys() == official.keys()
+
+
+@pytest.mark.parametrize("family", ["swin", "convnext"])
+def test_original_pretrained_checkpoint_loads_the_frozen_part(family):
+    """An ImageNet-22K release checkpoint: release naming, 21,841-way head, no method keys."""
+    source = randomized(family, seed=3)
+    release = {k: v for k, v in export_official(source).items()
+               if not (k.startswith(("peft_params", "extra_norm")) or ".adapter" in k)}
+    dim = source.stages[-1].dim
+    release["head.weight"] = torch.randn(21841, dim)
+    release["head.bias"] = torch.zeros(21841)
+    for key in [k for k in release if k.startswith("out_norms.")]:
+        del release[key]  # a classification release has no dense output norms
+    if family == "swin":  # the release also stores buffers that timm recomputes
+        release["layers.0.blocks.1.attn_mask"] = torch.zeros(4, 16, 16)
+        release["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(16, 16).long()
+    release["norm.weight"] = torch.ones(dim)  # the classifier's final norm
+    release["norm.bias"] = torch.zeros(dim)
+    target = randomized(family, seed=4)
+    adapters_before = {k: v.clone() for k, v in target.model.state_dict().items()
+                       if k in target.added_state_keys()}
+    fresh_before = {k: v.clone() for k, v in target.model.state_dict().items()
+                    if k.startswith("out_norms.")}
+    incomplete = {k: v for k, v in release.items()
+                  if not k.startswith(("patch_embed.", "downsample_layers.0."))}
+    with pytest.raises(CheckpointError, match="missing key"):
+        load_official(target, {"model": incomplete})
+    report = load_official(target, {"model": release})
+    assert report.method_keys == 0 and "head.fc.weight" in report.dropped
+    assert sorted(report.fresh) == sorted(fresh_before)
+    state = target.model.state_dict()
+    for key in source.model.state_dict():
+        if key in adapters_before:
+            assert torch.equal(state[key], adapters_before[key])  # untouched
+        elif key in fresh_before:
+            assert torch.equal(state[key], fresh_before[key])
+        else:
+            assert torch.equal(state[key], source.model.state_dict()[key]), key
+
+
+def test_partial_method_weights_are_rejected():
+    source = randomized("vit", seed=5)
+    official = export_official(source)
+    del official["blocks.2.adapter.proj.weight"]
+    with pytest.raises(CheckpointError, match="only part of the method's weights"):
+        load_official(randomized("vit", seed=6), official)
+
+
+def test_wrong_backbone_is_rejected(tmp_path):
+    official = export_official(randomized("swin", seed=7))
+    with pytest.raises(CheckpointError, match="does not match backbone 'convnext-micro'"):
+        load_official(randomized("convnext", seed=8), official)
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_official(randomized("swin", seed=9), bad)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_official(randomized("swin", seed=9), tmp_path / "missing.pth")
