@@ -36,10 +36,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from .budget import parse_budget
     from .params import param_table
 
+    budget = parse_budget(args.budget) if args.budget else None
     rows, skipped = param_table(args.backbone, args.method, args.task or [None],
-                                _parse_set(args.set))
+                                _parse_set(args.set), budget)
     for note in skipped:
         print(f"skipped: {note}", file=sys.stderr)
     if args.format == "json":
@@ -47,6 +49,7 @@ def cmd_params(args: argparse.Namespace) -> int:
         return 0
     frame = pd.DataFrame([{
         "backbone": r.backbone, "method": r.method, "task": r.task,
+        **({"budget_target": r.budget_target} if budget else {}),
         "width": _format_width(r.width),
         "trainable_backbone_params": r.trainable_backbone_params,
         "params_m": round(r.params_m, 2),
@@ -58,6 +61,28 @@ def cmd_params(args: argparse.Namespace) -> int:
         frame["reported_params_m"] = frame["reported_params_m"].map(
             lambda v: "-" if pd.isna(v) else f"{v:.1f}")
         print(frame.to_string(index=False))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    import io
+
+    import torch
+
+    from methods import build, merge
+    from methods.checkpoints import load_official
+
+    from .io import write_bytes_atomic
+
+    host = build(args.backbone, args.method, args.task, num_classes=0, **_parse_set(args.set))
+    if args.checkpoint:
+        load_official(host, args.checkpoint)
+    model = merge(host)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    write_bytes_atomic(args.out, buf.getvalue())
+    n = sum(p.numel() for p in model.parameters())
+    print(f"merged {args.method} into {args.backbone}: {n} parameters -> {args.out}")
     return 0
 
 
@@ -84,8 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
                         f"one or more of: {', '.join(TASKS)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method option, e.g. --set router_hidden=24 (repeatable)")
+    p.add_argument("--budget", metavar="B",
+                   help="solve each method's width for a trainable count: 5.2M, 800k, 3%% (of "
+                        "the backbone), match:METHOD, or paper (the paper's figure)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("merge", help="fold a mergeable method into the backbone (plain timm weights)")
+    p.add_argument("--backbone", required=True, metavar="B")
+    p.add_argument("--method", required=True, metavar="M")
+    p.add_argument("--task", metavar="T", help="the paper configuration to build (default: "
+                                               "the backbone's first task)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--checkpoint", help="trained weights (release or parax-bench naming)")
+    p.add_argument("--out", required=True, help="where to write the merged state dict")
+    p.set_defaults(func=cmd_merge)
     return parser
 
 
@@ -93,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError) as exc:
+    except (KeyError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"parax-bench: error: {message}", file=sys.stderr)
         return 2

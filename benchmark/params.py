@@ -4,10 +4,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
-from methods import build, get_backbone, get_method, method_for
+from methods import count_trainable, get_backbone, get_method, method_for
 from methods.base import NotApplicableError
 from tasks import get_task
 
+from .budget import Budget, solve, target_count
 from .reported import reported_params_m
 
 
@@ -19,6 +20,8 @@ class ParamRow:
     width: dict[str, Any]
     trainable_backbone_params: int
     reported_params_m: float | None
+    budget: str | None = None
+    budget_target: int | None = None
 
     @property
     def params_m(self) -> float:
@@ -29,31 +32,46 @@ class ParamRow:
 
 
 def count_row(backbone: str, method: str, task: str | None = None,
-              overrides: dict[str, Any] | None = None) -> ParamRow:
+              overrides: dict[str, Any] | None = None, budget: Budget | None = None) -> ParamRow:
+    """One cell; with a budget, the method's width knob is solved to meet it.
+
+    ``--budget paper`` keeps the released width when its count already rounds to the paper's
+    figure (e.g. ParaX r = 128, VPT n = 10) and solves otherwise.
+    """
     spec = get_backbone(backbone)
     task_spec = get_task(task or spec.default_task)
+    reported = reported_params_m(spec.paper_name, get_method(method).paper_name,
+                                 task_spec.kind, task_spec.paper_dataset)
     instance = method_for(method, backbone, task_spec.name, **(overrides or {}))
-    host = build(backbone, instance, task_spec.name, device="meta")
+    n = count_trainable(backbone, instance, task_spec.name)
+    target = None
+    if budget is not None and instance.config.budget_knob() is not None:
+        target = target_count(budget, backbone, method, task_spec.name)
+        keep = budget.kind == "paper" and round(n / 1e6, 1) == reported
+        if not keep:
+            solution = solve(method, backbone, task_spec.name, target, overrides)
+            instance, n = solution.method, solution.count
     return ParamRow(
         backbone=backbone, method=method, task=task_spec.name,
         width=instance.config.widths(),
-        trainable_backbone_params=host.num_trainable(),
+        trainable_backbone_params=n,
         # The paper's figure belongs to the released configuration, not to overridden widths.
-        reported_params_m=None if overrides else reported_params_m(
-            spec.paper_name, get_method(method).paper_name, task_spec.kind,
-            task_spec.paper_dataset),
+        reported_params_m=None if overrides and budget is None else reported,
+        budget=None if budget is None else str(budget),
+        budget_target=target,
     )
 
 
 def param_table(backbones: Iterable[str], methods: Iterable[str], tasks: Iterable[str | None],
-                overrides: dict[str, Any] | None = None) -> tuple[list[ParamRow], list[str]]:
+                overrides: dict[str, Any] | None = None,
+                budget: Budget | None = None) -> tuple[list[ParamRow], list[str]]:
     """All rows of the grid; cells where a method does not apply are skipped with a note."""
     rows, skipped = [], []
     for backbone in backbones:
         for method in methods:
             for task in tasks:
                 try:
-                    rows.append(count_row(backbone, method, task, overrides))
+                    rows.append(count_row(backbone, method, task, overrides, budget))
                 except NotApplicableError as exc:
                     skipped.append(str(exc))
     return rows, skipped

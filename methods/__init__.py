@@ -10,18 +10,20 @@ Public API::
 A method is one file: a config dataclass, a PEFTMethod subclass decorated with
 ``@register_method`` (or exposed through the ``parax_bench.methods`` entry-point group).
 """
-from .base import MethodConfig, NotApplicableError, PEFTMethod, apply_method, width_field
+from .base import (MethodConfig, NotApplicableError, NotMergeableError, PEFTMethod, apply_method,
+                   width_field)
 from .backbones import BACKBONES, BackboneSpec, UnknownBackboneError, create_backbone, get_backbone
-from .build import build, method_for
+from .build import build, count_trainable, method_for
 from .hosts import BackboneHost, Site, SiteNotSupported
+from .merge import merge
 from .registry import ENTRY_POINT_GROUP, UnknownMethodError, available_methods, get_method, register_method
 
 # Built-in methods register themselves on import.
-from . import full, linear, parax  # noqa: E402,F401
+from . import adaptformer, full, linear, lora, lorand, mona, parax, repadapter, vpt  # noqa: E402,F401
 
 __all__ = [
     "BACKBONES", "BackboneHost", "BackboneSpec", "ENTRY_POINT_GROUP", "MethodConfig",
-    "NotApplicableError", "PEFTMethod", "Site", "SiteNotSupported", "UnknownBackboneError",
-    "UnknownMethodError", "apply_method", "available_methods", "build", "create_backbone",
-    "get_backbone", "get_method", "method_for", "register_method", "width_field",
+    "NotApplicableError", "NotMergeableError", "PEFTMethod", "Site", "SiteNotSupported", "UnknownBackboneError",
+    "UnknownMethodError", "apply_method", "available_methods", "build", "count_trainable", "create_backbone",
+    "get_backbone", "get_method", "merge", "method_for", "register_method", "width_field",
 ]

@@ -24,9 +24,19 @@ class NotApplicableError(ValueError):
     """The method does not exist for this backbone family (a grid skips such cells)."""
 
 
-def width_field(default: Any, help: str = "") -> Any:
-    """A config field that sets the method's width (shown by ``parax-bench params``)."""
-    return dataclasses.field(default=default, metadata={"width": True, "help": help})
+class NotMergeableError(ValueError):
+    """The method's update cannot be folded into the plain backbone."""
+
+
+def width_field(default: Any, help: str = "",
+                budget: tuple[float, float, float] | None = None) -> Any:
+    """A config field that sets the method's width (shown by ``parax-bench params``).
+
+    ``budget=(lo, hi, step)`` makes it the knob budget matching turns: the trainable count
+    must grow with it, and its values are ``lo, lo + step, ..., hi``.
+    """
+    return dataclasses.field(default=default,
+                             metadata={"width": True, "help": help, "budget": budget})
 
 
 @dataclasses.dataclass
@@ -39,6 +49,14 @@ class MethodConfig:
     def widths(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.metadata.get("width")}
+
+    @classmethod
+    def budget_knob(cls) -> tuple[str, float, float, float] | None:
+        """(field, lo, hi, step) of the knob budget matching turns, or None."""
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("budget"):
+                return (f.name, *f.metadata["budget"])
+        return None
 
 
 class PEFTMethod(ABC):
@@ -82,6 +100,10 @@ class PEFTMethod(ABC):
     def trainable(self, host: "BackboneHost") -> Iterable[nn.Parameter]:
         """Parameters that train. Default: everything the method attached."""
         return host.added_parameters()
+
+    def merge(self, host: "BackboneHost") -> None:
+        """Fold the attached update into the frozen weights and remove the modules."""
+        raise NotMergeableError(f"{self.name} has no merged form: its modules stay at inference")
 
     def official_keys(self, host: "BackboneHost") -> dict[str, str]:
         """Map of our state-dict keys to the method authors' released naming ({} if none)."""

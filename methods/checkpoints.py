@@ -63,16 +63,15 @@ def _method_keys(host: BackboneHost) -> dict[str, str]:
 
 
 def export_official(host: BackboneHost) -> dict[str, torch.Tensor]:
-    """The model's state dict in release naming (backbone) and the authors' naming (method)."""
+    """The model's state dict: the backbone in release naming, the method in its authors'
+    naming where the method has one (else in ours)."""
     ours_to_theirs = _method_keys(host)
     added = host.added_state_keys()
-    unnamed = sorted(added - set(ours_to_theirs))
-    if unnamed:
-        raise CheckpointError(f"no release naming for {len(unnamed)} method key(s), e.g. {unnamed[:3]}")
     to_release = _TO_RELEASE[host.family]
     out = {}
     for key, value in host.model.state_dict().items():
-        out[ours_to_theirs[key] if key in added else to_release(key)] = value.detach().clone()
+        name = ours_to_theirs.get(key, key) if key in added else to_release(key)
+        out[name] = value.detach().clone()
     return out
 
 

@@ -42,7 +42,8 @@ EXTRA_NORM_EPS = {"swin": 1e-5, "convnext": 1e-6, "vit": 1e-6}
 
 @dataclasses.dataclass
 class ParaXConfig(MethodConfig):
-    bottleneck: int = width_field(128, "r: bottleneck width of the routed projections")
+    bottleneck: int = width_field(128, "r: bottleneck width of the routed projections",
+                                  budget=(1, 1024, 1))
     router_hidden: int = width_field(16, "h: hidden width of the router MLP")
     expert_multiplier: float = width_field(1.0, "M = multiplier x blocks sharing a center")
     layers_per_group: int | None = None  # blocks sharing one center; None = whole stage
@@ -94,6 +95,8 @@ class ParaXConfig(MethodConfig):
 
 
 def _kaiming_uniform(module: nn.Module) -> nn.Module:
+    if module.weight.is_meta:  # counting: nothing to initialise
+        return module
     nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
     if module.bias is not None:
         nn.init.zeros_(module.bias)
@@ -113,6 +116,8 @@ class ExpertCenter(nn.Module):
         self.kernels = nn.ParameterDict({f"k{k}": nn.Parameter(torch.empty(m, r, 1, k, k))
                                          for k in kernels})
         for p in self.parameters():
+            if p.is_meta:  # counting: nothing to initialise
+                continue
             for expert in p:  # each expert slice on its own (fan-in of one expert)
                 if init == "trunc_normal":
                     nn.init.trunc_normal_(expert, std=0.02)

@@ -1,6 +1,7 @@
-"""Registering methods from outside the package: the decorator and the entry-point group."""
+"""Adding a method from outside the package: one file, one registration call, works everywhere."""
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -13,32 +14,9 @@ from torch import nn
 from methods import PEFTMethod, available_methods, build, register_method
 from methods import registry
 
-TOY_METHOD = '''
-"""A toy method outside the package: a learned per-channel bias after every block."""
-import torch
-from torch import nn
+from .conftest import MICRO, micro_input, run
 
-from methods import PEFTMethod, Site, register_method
-
-
-class ChannelBias(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x, hw):
-        return x + self.bias
-
-
-@register_method
-class {cls}(PEFTMethod):
-    name = "{name}"
-    description = "Toy: a learned channel bias after every block."
-
-    def attach(self, host):
-        for block in host.blocks:
-            host.add(Site.BLOCK_OUT, ChannelBias(block.dim), block=block)
-'''
+EXAMPLES = Path(__file__).parent / "examples"
 
 
 @pytest.fixture
@@ -47,35 +25,43 @@ def clean_registry():
     yield
     registry._REGISTRY.clear()
     registry._REGISTRY.update(before)
+    sys.modules.pop("toy_bias", None)
 
 
-def test_decorator_registers_a_method_that_works_everywhere(clean_registry, tmp_path):
-    namespace: dict = {}
-    exec(TOY_METHOD.format(cls="ToyBias", name="toy_bias"), namespace)
+def test_one_file_method_trains_on_every_family(clean_registry, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    importlib.import_module("toy_bias")
     assert "toy_bias" in available_methods()
-    for backbone in ("swin-micro", "convnext-micro", "vit-micro"):
+    for family, backbone in MICRO.items():
         host = build(backbone, "toy_bias")
         assert host.num_trainable() == sum(b.dim for b in host.blocks)
-        feats = host.forward_features(torch.randn(1, 3, 64 if "vit" not in backbone else 32,
-                                                  64 if "vit" not in backbone else 32))
-        sum(f.sum() for f in feats).backward()
+        params = host.trainable_parameters()
+        optimizer = torch.optim.SGD(params, lr=1e-5)
+        x = micro_input(backbone)
+        losses = []
+        for _ in range(2):  # one training step, then the loss it produced
+            loss = sum((f[:, 0] - 1).square().mean() for f in run(host, x))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        assert losses[1] < losses[0], family
 
 
 def test_entry_point_group_registers_an_installed_method(tmp_path):
-    pkg = tmp_path / "toy_ep"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text(TOY_METHOD.format(cls="ToyEp", name="toy_ep"))
-    dist = tmp_path / "toy_ep-0.1.dist-info"
+    dist = tmp_path / "toy_bias-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-ep\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[parax_bench.methods]\ntoy_ep = toy_ep\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-bias\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[parax_bench.methods]\ntoy_bias = toy_bias\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(EXAMPLES)])}
     exe = Path(sys.executable).parent / "parax-bench"
     listing = subprocess.run([exe, "methods"], env=env, capture_output=True, text=True, check=True)
-    assert any(line.startswith("toy_ep ") for line in listing.stdout.splitlines())
-    table = subprocess.run([exe, "params", "--backbone", "vit-micro", "--method", "toy_ep",
-                            "--format", "csv"], env=env, capture_output=True, text=True, check=True)
-    assert table.stdout.splitlines()[1].split(",")[4] == str(4 * 32)  # 4 blocks x 32 channels
+    assert any(line.startswith("toy_bias ") for line in listing.stdout.splitlines())
+    table = subprocess.run([exe, "params", "--backbone", "vit-micro", "--method", "toy_bias",
+                            "--budget", "384", "--format", "csv"],
+                           env=env, capture_output=True, text=True, check=True)
+    row = table.stdout.splitlines()[1].split(",")
+    assert row[5] == str(3 * 4 * 32)  # solved: 3 copies x 4 blocks x 32 channels
 
 
 def test_registration_errors(clean_registry):

@@ -76,6 +76,7 @@ class SiteLinear(nn.Linear):
     """nn.Linear with additive branches: y = W x + b + sum(branch(x)). Keeps weight/bias names."""
 
     peft_branches: nn.ModuleList
+    plain_class = nn.Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
@@ -157,6 +158,7 @@ class BackboneHost:
                                              for s in self.stages])
         model.peft_shared = nn.ModuleDict()
         model.peft_stage_out = nn.ModuleList([nn.ModuleList() for _ in self.stages])
+        self._attached: list[nn.Module] = []  # everything add()/add_shared() registered
 
     # -- family-specific ---------------------------------------------------------------------
     def _describe_stages(self) -> list[StageInfo]:
@@ -205,6 +207,7 @@ class BackboneHost:
             linear.peft_branches.append(module)
         else:
             block.module.peft_sites[site.value].append(module)
+        self._attached.append(module)
         return module
 
     def add_shared(self, name: str, module: nn.Module) -> nn.Module:
@@ -212,6 +215,7 @@ class BackboneHost:
         if name in self.model.peft_shared:
             raise ValueError(f"shared state '{name}' is already registered on {self.name}")
         self.model.peft_shared[name] = module
+        self._attached.append(module)
         return module
 
     def linear(self, block: BlockInfo, site: Site) -> nn.Linear:
@@ -227,13 +231,55 @@ class BackboneHost:
 
     def added_parameters(self) -> list[nn.Parameter]:
         """Everything methods attached: site modules, linear branches, shared state."""
-        prefixes = self._added_prefixes()
-        return [p for name, p in self.model.named_parameters() if name.startswith(prefixes)]
+        seen: dict[int, nn.Parameter] = {}
+        for module in self._attached:
+            for p in module.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
 
     def added_state_keys(self) -> set[str]:
         """State-dict keys (parameters and buffers) of everything methods attached."""
         prefixes = self._added_prefixes()
         return {k for k in self.model.state_dict() if k.startswith(prefixes)}
+
+    def detach_all(self) -> None:
+        """Remove everything methods attached (the backbone's own weights are untouched)."""
+        for info in self.blocks:
+            for site in info.module.peft_sites:
+                info.module.peft_sites[site] = nn.ModuleList()
+        for module in self.model.modules():
+            if isinstance(module, SiteLinear):
+                module.peft_branches = nn.ModuleList()
+        self.model.peft_shared = nn.ModuleDict()
+        self.model.peft_stage_out = nn.ModuleList([nn.ModuleList() for _ in self.stages])
+        self._attached = []
+        self.method = None
+
+    def fold_linear_branches(self) -> None:
+        """Add every linear-site branch's ``delta_weight()`` (and ``delta_bias()``) into its
+        frozen linear and remove the branches (LoRA-style merging)."""
+        for module in self.model.modules():
+            if isinstance(module, SiteLinear):
+                with torch.no_grad():
+                    for branch in module.peft_branches:
+                        module.weight += branch.delta_weight().to(module.weight.dtype)
+                        if hasattr(branch, "delta_bias"):
+                            module.bias += branch.delta_bias().to(module.bias.dtype)
+                module.peft_branches = nn.ModuleList()
+
+    def to_timm(self) -> nn.Module:
+        """The plain timm model: site machinery removed. Everything attached must be gone."""
+        if self.added_state_keys():
+            raise ValueError(f"{self.name}: modules are still attached; merge them first")
+        for module in self.model.modules():
+            plain = getattr(type(module), "plain_class", None)
+            if plain is not None:
+                for attr in ("peft_sites", "peft_branches", "peft_num_prefix"):
+                    module._modules.pop(attr, None)
+                    module.__dict__.pop(attr, None)
+                module.__class__ = plain
+        del self.model.peft_shared, self.model.peft_stage_out
+        return self.model
 
     def freeze_backbone(self) -> None:
         for p in self.model.parameters():

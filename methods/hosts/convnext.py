@@ -26,6 +26,8 @@ class ConvNeXtSiteBlock(SiteMixin, ConvNeXtBlock):
     the residual sum), block_out, fc1 / fc2 (the pointwise linears, linear-MLP blocks only).
     """
 
+    plain_class = ConvNeXtBlock
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hw = (x.shape[2], x.shape[3])
         shortcut = x

@@ -5,13 +5,70 @@ from typing import Iterator
 
 import torch
 from torch import nn
-from timm.models.swin_transformer import SwinTransformerBlock
+from torch.nn import functional as F
+from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention, window_partition, window_reverse
 
 from .base import BackboneHost, BlockInfo, Site, SiteMixin, StageInfo
 
 
+class SwinSiteAttention(WindowAttention):
+    """Window attention that can take prompt tokens into every window.
+
+    The prompts join each window's sequence in front of its tokens; the relative position
+    bias and the shift mask are zero-padded for the prompt rows and columns; the prompts'
+    own outputs are dropped (deep prompting replaces them at the next block).
+    """
+
+    plain_class = WindowAttention
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                prompts: torch.Tensor | None = None) -> torch.Tensor:
+        if prompts is None:
+            return super().forward(x, mask)
+        B_, N, C = x.shape
+        n = prompts.shape[1]
+        x = torch.cat([prompts.to(x.dtype), x], dim=1)
+        qkv = self.qkv(x).reshape(B_, n + N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = F.pad(self._get_rel_pos_bias(), (n, 0, n, 0))  # (1, heads, n+N, n+N)
+        if mask is not None:
+            num_win = mask.shape[0]
+            mask = F.pad(mask, (n, 0, n, 0)).view(1, num_win, 1, n + N, n + N)
+            bias = (bias.unsqueeze(1) + mask).expand(B_ // num_win, -1, -1, -1, -1)
+            bias = bias.reshape(B_, self.num_heads, n + N, n + N)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop.p if self.training else 0.)
+        out = out.transpose(1, 2).reshape(B_, n + N, -1)[:, n:]
+        return self.proj_drop(self.proj(out))
+
+
 class SwinSiteBlock(SiteMixin, SwinTransformerBlock):
-    """timm's SwinTransformerBlock.forward with site calls; identical when nothing is attached."""
+    """timm's SwinTransformerBlock.forward with site calls; identical when nothing is attached.
+
+    Prompt tokens (site ``prompts``) pass through norm1 and join every attention window.
+    """
+
+    plain_class = SwinTransformerBlock
+
+    def _attn(self, x: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        if prompts is None:
+            return super()._attn(x)
+        # timm's _attn with the prompts handed to every window (batch-major window order).
+        B, H, W, C = x.shape
+        has_shift = any(self.shift_size)
+        shifted = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2)) \
+            if has_shift else x
+        pad_h = (self.window_size[0] - H % self.window_size[0]) % self.window_size[0]
+        pad_w = (self.window_size[1] - W % self.window_size[1]) % self.window_size[1]
+        shifted = F.pad(shifted, (0, 0, 0, pad_w, 0, pad_h))
+        _, Hp, Wp, _ = shifted.shape
+        windows = window_partition(shifted, self.window_size).view(-1, self.window_area, C)
+        mask = self.get_attn_mask(shifted) if self.dynamic_mask else self.attn_mask
+        per_window = prompts.repeat_interleave(windows.shape[0] // B, dim=0)
+        out = self.attn(windows, mask=mask, prompts=per_window)
+        out = out.view(-1, self.window_size[0], self.window_size[1], C)
+        shifted = window_reverse(out, self.window_size, Hp, Wp)[:, :H, :W, :].contiguous()
+        return torch.roll(shifted, shifts=self.shift_size, dims=(1, 2)) if has_shift else shifted
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -19,7 +76,8 @@ class SwinSiteBlock(SiteMixin, SwinTransformerBlock):
         h = self.norm1(x)
         if self._has(Site.ATTN_IN):
             h = self._site(Site.ATTN_IN, h.reshape(B, -1, C), hw).reshape(B, H, W, C)
-        h = self._attn(h)
+        prompts = self._prompt_tokens(B)
+        h = self._attn(h, None if prompts is None else self.norm1(prompts))
         if self._has(Site.ATTN_BRANCH):
             h = self._site(Site.ATTN_BRANCH, h.reshape(B, -1, C), hw).reshape(B, H, W, C)
         x = x + self.drop_path1(h)
@@ -41,10 +99,16 @@ class SwinHost(BackboneHost):
     classifier_prefixes = ("head.", "norm.")
     sites = frozenset({
         Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
-        Site.MLP_PARALLEL, Site.BLOCK_OUT, Site.QKV, Site.FC1, Site.FC2, Site.STAGE_OUT,
+        Site.MLP_PARALLEL, Site.BLOCK_OUT, Site.QKV, Site.FC1, Site.FC2, Site.PROMPTS,
+        Site.STAGE_OUT,
     })
     linear_paths = {Site.QKV: "attn.qkv", Site.FC1: "mlp.fc1", Site.FC2: "mlp.fc2"}
     block_class = SwinSiteBlock
+
+    def __init__(self, model, name, dense=True):
+        super().__init__(model, name, dense)
+        for info in self.blocks:
+            info.module.attn.__class__ = SwinSiteAttention
 
     def _describe_stages(self) -> list[StageInfo]:
         patch = self.model.patch_embed.patch_size[0]

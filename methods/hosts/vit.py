@@ -18,6 +18,8 @@ class ViTSiteBlock(SiteMixin, Block):
     [prefix, prompts, patches]; the patch grid is square (H = W = sqrt(#patch tokens)).
     """
 
+    plain_class = Block
+
     peft_num_prefix: int = 1
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,

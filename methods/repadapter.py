@@ -1,0 +1,96 @@
+"""RepAdapter (Luo et al., 2023): linear adapters folded into the next layer after training.
+
+From the authors' release: 1x1 conv C -> d (bias; weight xavier-uniform, bias zero),
+dropout 0.1, grouped 1x1 conv d -> C with 2 groups (bias; weight and bias zero), scaled by s,
+plus the identity; no nonlinearity, so it re-parameterises into the following linear layer.
+Placed before attention (between norm1 and attention) and before the MLP (between norm2
+and the MLP); official d = 8, s a per-dataset constant (0.1 here by default).
+Our choices: on ConvNeXt, before the depthwise conv and before the MLP. The first of those
+cannot fold into a depthwise conv (the adapter mixes channels), so ConvNeXt models do not
+merge.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .base import MethodConfig, NotMergeableError, PEFTMethod, width_field
+from .hosts import BackboneHost, Site
+from .registry import register_method
+
+GROUPS = 2
+# adapter site -> the linear site it folds into
+FOLDS_INTO = {Site.ATTN_IN: Site.QKV, Site.MLP_IN: Site.FC1}
+
+
+@dataclasses.dataclass
+class RepAdapterConfig(MethodConfig):
+    bottleneck: int = width_field(8, "d: bottleneck width (even)", budget=(2, 4096, 2))
+    scale: float = 0.1
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        if not (isinstance(self.bottleneck, int) and self.bottleneck > 0
+                and self.bottleneck % GROUPS == 0):
+            raise ValueError(f"repadapter: bottleneck must be a positive multiple of {GROUPS}, "
+                             f"got {self.bottleneck!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"repadapter: dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class RepAdapterModule(nn.Module):
+    def __init__(self, dim: int, cfg: RepAdapterConfig):
+        super().__init__()
+        if dim % GROUPS:
+            raise ValueError(f"repadapter: channel width {dim} is not divisible by {GROUPS}")
+        self.conv_A = nn.Conv1d(dim, cfg.bottleneck, 1)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv_B = nn.Conv1d(cfg.bottleneck, dim, 1, groups=GROUPS)
+        self.scale = cfg.scale
+        nn.init.xavier_uniform_(self.conv_A.weight)
+        nn.init.zeros_(self.conv_A.bias)
+        nn.init.zeros_(self.conv_B.weight)
+        nn.init.zeros_(self.conv_B.bias)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        y = self.conv_B(self.dropout(self.conv_A(x.transpose(1, 2)))).transpose(1, 2)
+        return x + y * self.scale
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, c) with module(x) = x M^T + c at inference."""
+        w_a = self.conv_A.weight[:, :, 0]  # (d, C)
+        c_out, d_in = self.conv_B.weight.shape[:2]
+        w_b = torch.block_diag(*self.conv_B.weight[:, :, 0].split(c_out // GROUPS))  # (C, d)
+        eye = torch.eye(w_a.shape[1], dtype=w_a.dtype, device=w_a.device)
+        return eye + self.scale * w_b @ w_a, self.scale * (w_b @ self.conv_A.bias + self.conv_B.bias)
+
+
+@register_method
+class RepAdapter(PEFTMethod):
+    name = "repadapter"
+    paper_name = "RepAdapter"
+    description = "RepAdapter: linear adapters before attention and MLP, foldable after training"
+    config_class = RepAdapterConfig
+
+    def attach(self, host: BackboneHost) -> None:
+        host.require(Site.ATTN_IN, Site.MLP_IN, method=self.name)
+        for block in host.blocks:
+            for site in (Site.ATTN_IN, Site.MLP_IN):
+                host.add(site, RepAdapterModule(block.dim, self.config), block=block)
+
+    def merge(self, host: BackboneHost) -> None:
+        if host.family == "convnext":
+            raise NotMergeableError("repadapter: on ConvNeXt the adapter before the depthwise "
+                                    "conv mixes channels and cannot fold into it")
+        with torch.no_grad():
+            for block in host.blocks:
+                sites = block.module.peft_sites
+                for site, target in FOLDS_INTO.items():
+                    linear = host.linear(block, target)
+                    for adapter in sites[site.value]:
+                        m, c = adapter.affine()
+                        linear.bias += linear.weight @ c
+                        linear.weight.copy_(linear.weight @ m)
+                    sites[site.value] = nn.ModuleList()
