@@ -116,7 +116,7 @@ class PEFTMethod(ABC):
 def apply_method(host: "BackboneHost", method: PEFTMethod) -> "BackboneHost":
     """Freeze the backbone, attach ``method`` and unfreeze what it declares as trainable."""
     method.check_applicable(host.family)
-    if getattr(host, "method", None) is not None:
+    if host.method is not None:
         raise ValueError(f"{host.name} already has method '{host.method.name}' attached")
     host.freeze_backbone()
     method.attach(host)

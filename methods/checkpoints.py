@@ -58,8 +58,7 @@ _TO_RELEASE = {"swin": _swin_to_release, "convnext": _convnext_to_release, "vit"
 
 
 def _method_keys(host: BackboneHost) -> dict[str, str]:
-    method = getattr(host, "method", None)
-    return method.official_keys(host) if method is not None else {}
+    return host.method.official_keys(host) if host.method is not None else {}
 
 
 def export_official(host: BackboneHost) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from .hosts import BackboneHost
 
 def merge(host: BackboneHost) -> nn.Module:
     """The plain timm backbone with ``host.method`` folded in (same outputs, no extra params)."""
-    method = getattr(host, "method", None)
+    method = host.method
     if method is None:
         raise ValueError(f"{host.name} has no method attached")
     method.merge(host)

@@ -159,6 +159,7 @@ class BackboneHost:
         model.peft_shared = nn.ModuleDict()
         model.peft_stage_out = nn.ModuleList([nn.ModuleList() for _ in self.stages])
         self._attached: list[nn.Module] = []  # everything add()/add_shared() registered
+        self.method = None  # set by apply_method
 
     # -- family-specific ---------------------------------------------------------------------
     def _describe_stages(self) -> list[StageInfo]:
@@ -256,15 +257,13 @@ class BackboneHost:
         self.method = None
 
     def fold_linear_branches(self) -> None:
-        """Add every linear-site branch's ``delta_weight()`` (and ``delta_bias()``) into its
-        frozen linear and remove the branches (LoRA-style merging)."""
+        """Add every linear-site branch's ``delta_weight()`` into its frozen linear and remove
+        the branches (LoRA-style merging)."""
         for module in self.model.modules():
             if isinstance(module, SiteLinear):
                 with torch.no_grad():
                     for branch in module.peft_branches:
                         module.weight += branch.delta_weight().to(module.weight.dtype)
-                        if hasattr(branch, "delta_bias"):
-                            module.bias += branch.delta_bias().to(module.bias.dtype)
                 module.peft_branches = nn.ModuleList()
 
     def to_timm(self) -> nn.Module:
