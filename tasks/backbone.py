@@ -1,0 +1,42 @@
+"""The suite's backbones as an OpenMMLab backbone: timm model + PEFT method, multi-scale out.
+
+Registered in mmengine's root model registry, so mmsegmentation, mmdet and mmpose configs
+build it as ``dict(type="ParaXBackbone", ...)``. The method decides what trains inside the
+backbone; the neck, decoder and head around it train as usual.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+
+from methods import build
+from methods.checkpoints import load_official
+
+
+@MODELS.register_module()
+class ParaXBackbone(BaseModule):
+    def __init__(self, backbone: str, method: str, task: str, options: dict[str, Any] | None = None,
+                 pretrained: str | None = None, drop_path_rate: float = 0.0,
+                 out_indices: tuple[int, ...] | None = None):
+        super().__init__()
+        self.host = build(backbone, method, task, drop_path_rate=drop_path_rate, **(options or {}))
+        self.model = self.host.model  # registered, so state_dict / .to() / optimisers see it
+        if pretrained is not None:
+            path = Path(pretrained)
+            if not path.is_file():
+                raise FileNotFoundError(f"pretrained {backbone} checkpoint not found: expected "
+                                        f"the file {path}")
+            load_official(self.host, path)
+        self.out_indices = tuple(range(len(self.host.stages))) if out_indices is None else out_indices
+        self.out_channels = [self.host.stages[i].dim for i in self.out_indices]
+
+    def init_weights(self) -> None:
+        """Weights come from the constructor (random or pretrained) and the method's init."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats = self.host.forward_features(x)
+        return tuple(feats[i] for i in self.out_indices)

@@ -1,0 +1,42 @@
+"""One cell of the grid: (task, backbone, method, options, seed, profile) and its data."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PROFILES = ("mini", "paper")
+
+
+@dataclass
+class Cell:
+    task: str
+    backbone: str
+    method: str
+    data_root: str
+    work_dir: str
+    seed: int = 0
+    profile: str = "mini"
+    options: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+    iters: int | None = None  # override the profile's schedule length
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
+
+    def backbone_cfg(self, drop_path: float = 0.0) -> dict[str, Any]:
+        return dict(type="ParaXBackbone", backbone=self.backbone, method=self.method,
+                    task=self.task, options=dict(self.options), pretrained=self.pretrained,
+                    drop_path_rate=drop_path)
+
+    def stage_dims(self) -> list[int]:
+        from methods import create_backbone
+
+        return [s.dim for s in create_backbone(self.backbone, device="meta").stages]
+
+    def config_hash(self) -> str:
+        """Identity of what is computed (not where): paths are left out."""
+        key = {k: v for k, v in asdict(self).items() if k not in ("data_root", "work_dir")}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
