@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
@@ -86,6 +87,33 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from tasks.synthetic import fingerprint, generate
+
+    sizes = {k: v for k, v in (("train", args.train), ("val", args.val), ("size", args.size))
+             if v is not None}
+    out = generate(args.dataset, args.out, seed=args.seed, **sizes)
+    print(f"wrote synthetic {args.dataset} to {out} (fingerprint {fingerprint(out)[:12]})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tasks.cell import Cell
+
+    from .runner import run_cell
+
+    out = Path(args.out)
+    cell = Cell(task=args.task, backbone=args.backbone, method=args.method, data_root=args.data,
+                work_dir=args.work_dir or str(out.with_suffix("")) + ".work", seed=args.seed,
+                profile=args.profile, options=_parse_set(args.set), pretrained=args.pretrained,
+                iters=args.iters)
+    result = run_cell(cell, out)
+    metrics = " ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
+    print(f"{cell.task} {cell.backbone} {cell.method} seed {cell.seed}: {metrics} "
+          f"({result['wall_time_s']:.0f}s) -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from methods import BACKBONES
     from tasks import TASKS
@@ -124,6 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="trained weights (release or parax-bench naming)")
     p.add_argument("--out", required=True, help="where to write the merged state dict")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("synth", help="write a synthetic dataset in its real on-disk format")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, help="training images")
+    p.add_argument("--val", type=int, help="validation images")
+    p.add_argument("--size", type=int, help="image side in pixels")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train and evaluate one cell; write its result JSON")
+    p.add_argument("--task", required=True, metavar="T")
+    p.add_argument("--backbone", required=True, metavar="B")
+    p.add_argument("--method", required=True, metavar="M")
+    p.add_argument("--data", required=True, help="dataset root (real or synthetic)")
+    p.add_argument("--out", required=True, help="result JSON path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", choices=("mini", "paper"), default="mini")
+    p.add_argument("--iters", type=int, help="override the profile's schedule length")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--pretrained", help="backbone checkpoint (release naming)")
+    p.add_argument("--work-dir", help="checkpoints and logs (default: next to --out)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

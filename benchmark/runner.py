@@ -6,6 +6,7 @@ import platform
 import resource
 import subprocess
 import time
+import uuid
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,57 @@ from .io import write_json_atomic
 PACKAGES = ("torch", "timm", "mmengine", "mmcv", "mmsegmentation", "mmdet", "mmpose")
 
 
-def _task_config(cell: Cell) -> dict[str, Any]:
-    from tasks import segmentation
+def _register_exact_resume() -> None:
+    """An iteration loop whose resume continues every random stream where the checkpoint
+    left it, so an interrupted and resumed run ends with the same metrics as a straight one."""
+    import random
 
-    builders = {"ade20k": segmentation.build_config}
+    import numpy as np
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS, LOOPS
+    from mmengine.runner import IterBasedTrainLoop
+
+    if "ExactResumeIterLoop" in LOOPS.module_dict:
+        return
+
+    @HOOKS.register_module()
+    class RNGStateHook(Hook):
+        """Saves the torch / numpy / random states with each checkpoint."""
+
+        def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+            checkpoint["rng_state"] = {"torch": torch.get_rng_state(),
+                                       "numpy": np.random.get_state(), "random": random.getstate()}
+
+        def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+            runner.train_loop.pending_rng_state = checkpoint.get("rng_state")
+
+    @LOOPS.register_module()
+    class ExactResumeIterLoop(IterBasedTrainLoop):
+        pending_rng_state = None
+
+        def run(self):
+            self.runner.call_hook("before_train")
+            self.runner.call_hook("before_train_epoch")
+            for _ in range(self._iter):  # skip the batches trained before the checkpoint
+                next(self.dataloader_iterator)
+            if self.pending_rng_state is not None:
+                state = self.pending_rng_state
+                torch.set_rng_state(state["torch"])
+                np.random.set_state(state["numpy"])
+                random.setstate(state["random"])
+            while self._iter < self._max_iters and not self.stop_training:
+                self.runner.model.train()
+                self.run_iter(next(self.dataloader_iterator))
+            self.runner.call_hook("after_train_epoch")
+            self.runner.call_hook("after_train")
+            return self.runner.model
+
+
+def _task_config(cell: Cell) -> dict[str, Any]:
+    from tasks import classification, segmentation
+
+    builders = {"ade20k": segmentation.build_config,
+                **{t: classification.build_config for t in classification.DATASET_TYPES}}
     if cell.task not in builders:
         raise ValueError(f"task '{cell.task}' has no training configuration yet; "
                          f"available: {sorted(builders)}")
@@ -45,6 +93,7 @@ def _git() -> dict[str, Any]:
 def run_cell(cell: Cell, out: str | os.PathLike) -> dict[str, Any]:
     """Train and evaluate ``cell``; write the result JSON to ``out`` (atomically) and return it."""
     import tasks.backbone  # noqa: F401  (registers ParaXBackbone)
+    import tasks.classification  # noqa: F401  (registers datasets, model, metric)
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -52,6 +101,12 @@ def run_cell(cell: Cell, out: str | os.PathLike) -> dict[str, Any]:
     if not data_root.is_dir():
         raise FileNotFoundError(f"data directory not found: {data_root}")
     cfg = _task_config(cell)
+    iteration_based = cfg["train_cfg"]["type"] == "IterBasedTrainLoop"
+    if iteration_based:
+        _register_exact_resume()
+        cfg["train_cfg"]["type"] = "ExactResumeIterLoop"
+        cfg.setdefault("custom_hooks", []).append(dict(type="RNGStateHook"))
+    max_iters = cfg["train_cfg"].get("max_iters")
     cfg.update(
         work_dir=cell.work_dir,
         randomness=dict(seed=cell.seed, deterministic=False),
@@ -60,11 +115,13 @@ def run_cell(cell: Cell, out: str | os.PathLike) -> dict[str, Any]:
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=False),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", by_epoch=False,
-                            interval=max(1, cfg["train_cfg"]["max_iters"] // 2), max_keep_ckpts=2),
+            checkpoint=dict(type="CheckpointHook", by_epoch=not iteration_based,
+                            interval=max(1, (max_iters or 2) // 2), max_keep_ckpts=2),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
         log_level="INFO",
+        # unique per run: mmengine keys its logger and visualizer instances by this name
+        experiment_name=f"{cell.task}-{cell.backbone}-{cell.method}-s{cell.seed}-{uuid.uuid4().hex[:8]}",
         resume=True,
     )
     start = time.monotonic()
@@ -74,7 +131,8 @@ def run_cell(cell: Cell, out: str | os.PathLike) -> dict[str, Any]:
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     try:
         runner = Runner.from_cfg(Config(cfg))
-        runner.train()
+        if max_iters != 0:  # zero iterations: evaluate the untrained model
+            runner.train()
         metrics = {k: float(v) for k, v in runner.val_loop.run().items()}
     finally:
         if previous is None:
@@ -82,7 +140,8 @@ def run_cell(cell: Cell, out: str | os.PathLike) -> dict[str, Any]:
         else:
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
     wall = time.monotonic() - start
-    host = runner.model.backbone.host
+    model = runner.model
+    host = model.host if hasattr(model, "host") else model.backbone.host
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = {
         "cell": {k: v for k, v in vars(cell).items() if k != "work_dir"},

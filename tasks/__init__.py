@@ -1,4 +1,4 @@
 """Tasks: datasets, heads and metrics per task; the registry names them."""
-from .registry import TASKS, TaskSpec, UnknownTaskError, get_task
+from .registry import TASKS, DataFormatError, TaskSpec, UnknownTaskError, get_task
 
-__all__ = ["TASKS", "TaskSpec", "UnknownTaskError", "get_task"]
+__all__ = ["TASKS", "DataFormatError", "TaskSpec", "UnknownTaskError", "get_task"]

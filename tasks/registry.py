@@ -18,6 +18,10 @@ class TaskSpec:
         return self.kind != "classification"
 
 
+class DataFormatError(ValueError):
+    """A dataset file is missing or not in the expected format; the message names it."""
+
+
 class UnknownTaskError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])

@@ -1,9 +1,11 @@
 """Semantic segmentation (ADE20K; Potsdam and LoveDA reuse its settings): UperNet on mmseg."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .cell import Cell
+from .registry import DataFormatError
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
@@ -43,7 +45,38 @@ def ade20k_dataset(root: str, split: str, crop: int, train: bool) -> dict[str, A
                 pipeline=pipeline)
 
 
+def check_ade20k(root: str, num_classes: int = 150) -> None:
+    """Every image has a label map of the same size with values in [0, num_classes]."""
+    import numpy as np
+    from PIL import Image
+
+    base = Path(root) / "ADEChallengeData2016"
+    for sub in ("training", "validation"):
+        img_dir, ann_dir = base / "images" / sub, base / "annotations" / sub
+        for d in (img_dir, ann_dir):
+            if not d.is_dir():
+                raise DataFormatError(f"ADE20K directory not found: expected {d}")
+        images = sorted(p.stem for p in img_dir.glob("*.jpg"))
+        labels = sorted(p.stem for p in ann_dir.glob("*.png"))
+        if images != labels:
+            missing = sorted(set(images) ^ set(labels))[:3]
+            raise DataFormatError(f"{ann_dir}: {len(images)} images but {len(labels)} label maps "
+                                  f"(unmatched: {missing})")
+        for stem in labels:
+            path = ann_dir / f"{stem}.png"
+            with Image.open(path) as png:
+                label = np.asarray(png)
+                size = Image.open(img_dir / f"{stem}.jpg").size
+            if label.ndim != 2 or (label.shape[1], label.shape[0]) != size:
+                raise DataFormatError(f"{path}: expected a single-channel map of the image's "
+                                      f"size {size}, got shape {label.shape}")
+            if label.max() > num_classes:
+                raise DataFormatError(f"{path}: label value {int(label.max())} outside "
+                                      f"0..{num_classes} (0 = other)")
+
+
 def build_config(cell: Cell) -> dict[str, Any]:
+    check_ade20k(cell.data_root)
     p = dict(PROFILES[cell.profile])
     if cell.iters is not None:
         p["iters"] = cell.iters

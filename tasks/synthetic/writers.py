@@ -45,3 +45,94 @@ def write_ade20k(root: str | Path, seed: int = 0, train: int = 64, val: int = 16
             Image.fromarray(np.clip(labels, 0, 255).astype(np.uint8)).save(
                 base / "annotations" / split / f"{name}.png")
     return base
+
+
+# Classification: object-centric images, the label is the object's class. Synthetic sets use
+# the first CLASSIFICATION_CLASSES classes of each dataset's label space.
+CLASSIFICATION_CLASSES = 10
+_CLS_STUFF = [200, 201, 202, 203]  # style indices reserved for backgrounds
+
+
+def _object_images(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    styles = class_styles(204, seed=1)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSIFICATION_CLASSES, size=count)
+    images = np.stack([draw_scene(rng, size, size, styles, _CLS_STUFF, [int(c)], max_objects=1)[0]
+                       for c in labels]) if count else np.zeros((0, size, size, 3), np.uint8)
+    return images, labels
+
+
+def write_cifar100(root: str | Path, seed: int = 0, train: int = 512, val: int = 128,
+                   size: int = 32) -> Path:
+    """``cifar-100-python/{train,test,meta}`` pickles with the release's keys."""
+    import pickle
+
+    base = Path(root) / "cifar-100-python"
+    base.mkdir(parents=True, exist_ok=True)
+    for name, count, offset in (("train", train, 0), ("test", val, 1)):
+        images, labels = _object_images(seed * 2 + offset, count, 32)
+        batch = {b"filenames": [f"img_{i}.png".encode() for i in range(count)],
+                 b"batch_label": f"{name} batch".encode(),
+                 b"fine_labels": [int(c) for c in labels],
+                 b"coarse_labels": [int(c) // 5 for c in labels],
+                 b"data": images.transpose(0, 3, 1, 2).reshape(count, -1)}
+        with open(base / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    meta = {b"fine_label_names": [f"class_{i:03d}".encode() for i in range(100)],
+            b"coarse_label_names": [f"super_{i:02d}".encode() for i in range(20)]}
+    with open(base / "meta", "wb") as fh:
+        pickle.dump(meta, fh)
+    return base
+
+
+def write_svhn(root: str | Path, seed: int = 0, train: int = 512, val: int = 128,
+               size: int = 32) -> Path:
+    """``{train,test}_32x32.mat`` with X (32, 32, 3, N) and y (N, 1), 10 standing for 0."""
+    from scipy.io import savemat
+
+    base = Path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    for name, count, offset in (("train", train, 0), ("test", val, 1)):
+        images, labels = _object_images(seed * 2 + offset, count, 32)
+        y = labels.reshape(-1, 1).astype(np.uint8)
+        y[y == 0] = 10
+        savemat(base / f"{name}_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": y})
+    return base
+
+
+def write_food101(root: str | Path, seed: int = 0, train: int = 256, val: int = 64,
+                  size: int = 48) -> Path:
+    """``food-101/images/<class>/<id>.jpg`` with ``meta/classes.txt``, ``meta/{train,test}.txt``."""
+    base = Path(root) / "food-101"
+    classes = [f"dish_{i:03d}" for i in range(101)]
+    (base / "meta").mkdir(parents=True, exist_ok=True)
+    (base / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
+    for name, count, offset in (("train", train, 0), ("test", val, 1)):
+        images, labels = _object_images(seed * 2 + offset, count, size)
+        lines = []
+        for i, (img, c) in enumerate(zip(images, labels)):
+            rel = f"{classes[c]}/{offset}{i:06d}"
+            (base / "images" / classes[c]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(base / "images" / f"{rel}.jpg", quality=95)
+            lines.append(rel)
+        (base / "meta" / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return base
+
+
+def write_imagenet_r(root: str | Path, seed: int = 0, train: int = 256, val: int = 64,
+                     size: int = 48) -> Path:
+    """``imagenet-r/<wnid>/<file>.jpg`` plus ``split.json`` (classes, train and test paths)."""
+    import json
+
+    base = Path(root) / "imagenet-r"
+    classes = [f"n{10000000 + i:08d}" for i in range(200)]
+    split: dict[str, list[str]] = {"classes": classes, "train": [], "test": []}
+    for name, count, offset in (("train", train, 0), ("test", val, 1)):
+        images, labels = _object_images(seed * 2 + offset, count, size)
+        for i, (img, c) in enumerate(zip(images, labels)):
+            rel = f"{classes[c]}/{name}_{i:06d}.jpg"
+            (base / classes[c]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(base / rel, quality=95)
+            split[name].append(rel)
+    (base / "split.json").write_text(json.dumps(split, indent=0) + "\n")
+    return base

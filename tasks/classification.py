@@ -1,0 +1,246 @@
+"""Image classification (CIFAR-100, SVHN, Food-101, ImageNet-R) on mmengine's runner.
+
+Loaders read each dataset's real release format: CIFAR-100's python pickles, SVHN's
+``*_32x32.mat`` files, Food-101's ``images/`` tree with ``meta/{train,test}.txt``, and
+ImageNet-R's class folders with a split file (``splits/imagenet_r.json``: the paper's
+24,000 / 6,000 split, listed by relative path). Head as in the paper: BatchNorm1d without
+affine, then Linear, on the backbone's pooled features.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from mmengine.evaluator import BaseMetric
+from mmengine.model import BaseModel
+from mmengine.registry import DATASETS, METRICS, MODELS
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from methods import build
+
+from .cell import Cell
+from .registry import DataFormatError
+
+SPLITS_DIR = Path(__file__).resolve().parent / "splits"
+MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataFormatError(f"{what} not found: expected {path}")
+    return path
+
+
+class ArrayDataset(Dataset):
+    """Images (N, H, W, 3) uint8 + labels (N,), flipped at random when training."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, train: bool,
+                 source: Path):
+        if len(images) != len(labels):
+            raise DataFormatError(f"{source}: {len(images)} images but {len(labels)} labels")
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataFormatError(f"{source}: labels must lie in [0, {num_classes}), found "
+                                  f"{int(labels.min())}..{int(labels.max())}")
+        self.images, self.labels, self.train = images, labels.astype(np.int64), train
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+        if self.train and torch.rand(()) < 0.5:
+            img = img.flip(-1)
+        return {"inputs": img, "data_samples": int(self.labels[i])}
+
+
+@DATASETS.register_module()
+class CIFAR100(ArrayDataset):
+    """``cifar-100-python/{train,test,meta}``: pickled dicts, rows of 3072 bytes (R, G, B planes)."""
+
+    def __init__(self, data_root: str, split: str, train: bool = False):
+        base = Path(data_root) / "cifar-100-python"
+        path = _need(base / ("train" if split == "train" else "test"), "CIFAR-100 batch")
+        meta = _need(base / "meta", "CIFAR-100 meta file")
+        try:
+            with open(path, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            with open(meta, "rb") as fh:
+                names = pickle.load(fh, encoding="bytes")[b"fine_label_names"]
+            data = np.asarray(batch[b"data"], np.uint8)
+            labels = np.asarray(batch[b"fine_labels"])
+        except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as exc:
+            raise DataFormatError(f"{path}: not a CIFAR-100 python batch ({exc!r})") from exc
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise DataFormatError(f"{path}: expected rows of 3072 bytes, got shape {data.shape}")
+        super().__init__(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels, len(names),
+                         train, path)
+
+
+@DATASETS.register_module()
+class SVHN(ArrayDataset):
+    """``{train,test}_32x32.mat``: X (32, 32, 3, N) uint8, y (N, 1) with 10 standing for 0."""
+
+    def __init__(self, data_root: str, split: str, train: bool = False):
+        from scipy.io import loadmat
+
+        path = _need(Path(data_root) / f"{'train' if split == 'train' else 'test'}_32x32.mat",
+                     "SVHN .mat file")
+        try:
+            mat = loadmat(path)
+            x, y = mat["X"], mat["y"].reshape(-1).astype(np.int64)
+        except (ValueError, KeyError, OSError) as exc:
+            raise DataFormatError(f"{path}: not an SVHN .mat file ({exc!r})") from exc
+        y[y == 10] = 0
+        super().__init__(np.transpose(x, (3, 0, 1, 2)), y, 10, train, path)
+
+
+class _FolderDataset(ArrayDataset):
+    def _load(self, root: Path, files: Sequence[str], classes: list[str], size: int,
+              train: bool, source: Path):
+        index = {c: i for i, c in enumerate(classes)}
+        images, labels = [], []
+        for rel in files:
+            cls = rel.split("/")[0]
+            if cls not in index:
+                raise DataFormatError(f"{source}: '{rel}' names unknown class '{cls}'")
+            img = Image.open(_need(root / rel, "image")).convert("RGB")
+            images.append(np.asarray(img.resize((size, size), Image.BILINEAR)))
+            labels.append(index[cls])
+        super().__init__(np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+                         np.asarray(labels), len(classes), train, source)
+
+
+@DATASETS.register_module()
+class Food101(_FolderDataset):
+    """``food-101/images/<class>/<id>.jpg`` with ``meta/classes.txt`` and ``meta/{train,test}.txt``."""
+
+    def __init__(self, data_root: str, split: str, train: bool = False, size: int = 32):
+        base = Path(data_root) / "food-101"
+        classes = _need(base / "meta" / "classes.txt", "Food-101 class list").read_text().split()
+        listing = _need(base / "meta" / f"{'train' if split == 'train' else 'test'}.txt",
+                        "Food-101 split list")
+        files = [f"{line}.jpg" for line in listing.read_text().split()]
+        self._load(base / "images", files, classes, size, train, listing)
+
+
+@DATASETS.register_module()
+class ImageNetR(_FolderDataset):
+    """``imagenet-r/<wnid>/<file>.jpg``; the split file lists the 24,000 / 6,000 paths."""
+
+    def __init__(self, data_root: str, split: str, train: bool = False, size: int = 32,
+                 split_file: str | None = None):
+        base = Path(data_root) / "imagenet-r"
+        split_path = Path(split_file) if split_file else base / "split.json"
+        try:
+            spec = json.loads(_need(split_path, "ImageNet-R split file").read_text())
+            files = spec["train" if split == "train" else "test"]
+            classes = spec["classes"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise DataFormatError(f"{split_path}: expected JSON with 'classes', 'train', 'test' "
+                                  f"({exc!r})") from exc
+        self._load(base, files, classes, size, train, split_path)
+
+
+@MODELS.register_module()
+class PooledClassifier(BaseModel):
+    """Backbone (with its PEFT method) -> pooled features -> BatchNorm1d(affine=False) -> Linear."""
+
+    def __init__(self, backbone: str, method: str, task: str, num_classes: int, img_size: int,
+                 options: dict[str, Any] | None = None, drop_path_rate: float = 0.0,
+                 pretrained: str | None = None):
+        super().__init__(data_preprocessor=dict(type="ImgDataPreprocessor", mean=MEAN, std=STD))
+        from .backbone import ParaXBackbone
+
+        wrapper = ParaXBackbone(backbone, method, task, options, pretrained, drop_path_rate)
+        self.host = wrapper.host
+        self.backbone = self.host.model
+        self.img_size = img_size
+        dim = self.host.stages[-1].dim
+        self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
+
+    def forward(self, inputs: torch.Tensor, data_samples: torch.Tensor | None = None,
+                mode: str = "tensor"):
+        """``data_samples`` holds the labels (B,)."""
+        if inputs.shape[-1] != self.img_size:
+            inputs = F.interpolate(inputs, size=(self.img_size, self.img_size), mode="bilinear",
+                                   align_corners=False)
+        logits = self.head(self.host.forward_pooled(inputs))
+        if mode == "loss":
+            return {"loss": F.cross_entropy(logits, data_samples)}
+        if mode == "predict":
+            return list(zip(logits.argmax(-1).tolist(), data_samples.tolist()))
+        return logits
+
+
+@METRICS.register_module()
+class TopOneAccuracy(BaseMetric):
+    default_prefix = ""
+
+    def process(self, data_batch: Any, data_samples: Sequence[tuple[int, int]]) -> None:
+        self.results.extend(int(p == t) for p, t in data_samples)
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        return {"top1": 100.0 * sum(results) / max(len(results), 1)}
+
+
+DATASET_TYPES = {"cifar100": ("CIFAR100", 100), "svhn": ("SVHN", 10),
+                 "food101": ("Food101", 101), "imagenet_r": ("ImageNetR", 200)}
+PROFILES = {
+    "mini": dict(batch=32, iters=60, warmup=5, lr=0.05, weight_decay=0.0),
+    # spec §5: SGD lr 0.1 x 1024 / 256, 100 epochs with 20 warm-up epochs, cosine.
+    "paper": dict(batch=1024, iters=None, warmup=None, lr=0.4, weight_decay=0.0),
+}
+IMG_SIZE = {"vit-micro": 32, "swin-micro": 64, "convnext-micro": 64}
+PAPER_DROP_PATH = {"imagenet_r": 0.1, "cifar100": 0.0, "svhn": 0.0, "food101": 0.05}
+
+
+def build_config(cell: Cell) -> dict[str, Any]:
+    p = dict(PROFILES[cell.profile])
+    kind, num_classes = DATASET_TYPES[cell.task]
+    paper = cell.profile == "paper"
+    loop: dict[str, Any]
+    if paper:
+        loop = dict(type="EpochBasedTrainLoop", max_epochs=100, val_begin=101)
+        schedule = [dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=20,
+                         convert_to_iter_based=True),
+                    dict(type="CosineAnnealingLR", by_epoch=True, begin=20, end=100, eta_min=0.0,
+                         convert_to_iter_based=True)]
+    else:
+        iters = cell.iters if cell.iters is not None else p["iters"]
+        loop = dict(type="IterBasedTrainLoop", max_iters=iters, val_begin=iters + 1)
+        schedule = [dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
+                         end=p["warmup"]),
+                    dict(type="CosineAnnealingLR", by_epoch=False, begin=p["warmup"],
+                         end=max(iters, p["warmup"] + 1), eta_min=0.0)]
+    weight_decay = 1e-4 if paper and cell.task == "imagenet_r" else p["weight_decay"]
+
+    def loader(split: str, train: bool) -> dict[str, Any]:
+        return dict(batch_size=p["batch"], num_workers=0, persistent_workers=False,
+                    sampler=dict(type="InfiniteSampler" if train and not paper else "DefaultSampler",
+                                 shuffle=train),
+                    collate_fn=dict(type="default_collate"),
+                    dataset=dict(type=kind, data_root=cell.data_root, split=split, train=train))
+
+    return dict(
+        model=dict(type="PooledClassifier", backbone=cell.backbone, method=cell.method,
+                   task=cell.task, num_classes=num_classes,
+                   img_size=IMG_SIZE.get(cell.backbone, 224), options=dict(cell.options),
+                   drop_path_rate=PAPER_DROP_PATH[cell.task] if paper else 0.0,
+                   pretrained=cell.pretrained),
+        train_dataloader=loader("train", True),
+        val_dataloader=loader("test", False),
+        val_evaluator=dict(type="TopOneAccuracy"),
+        train_cfg=loop,
+        val_cfg=dict(type="ValLoop"),
+        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(
+            type="SGD", lr=p["lr"], momentum=0.9, weight_decay=weight_decay)),
+        param_scheduler=schedule,
+    )

@@ -1,0 +1,145 @@
+"""One-cell training on synthetic data in real formats: learning, determinism, resume, bad data."""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmark import runner as runner_module
+from benchmark.cli import main
+from tasks import DataFormatError
+from tasks.cell import Cell
+from tasks.synthetic import fingerprint, generate
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {name: generate(name, root / name, seed=0)
+            for name in ("ade20k", "cifar100", "svhn", "food101", "imagenet_r")}
+
+
+def train(tmp_path, task, data_root, method="parax", backbone=None, iters=None, seed=0,
+          name="run", work_dir=None):
+    backbone = backbone or ("swin-micro" if task == "ade20k" else "vit-micro")
+    out = tmp_path / f"{name}.json"
+    cell = Cell(task=task, backbone=backbone, method=method, data_root=str(data_root),
+                work_dir=str(work_dir or tmp_path / f"{name}.work"), seed=seed, iters=iters)
+    return runner_module.run_cell(cell, out), out
+
+
+def test_synthetic_data_is_deterministic(tmp_path, data):
+    again = generate("cifar100", tmp_path / "again", seed=0)
+    assert fingerprint(again) == fingerprint(data["cifar100"])
+    other = generate("cifar100", tmp_path / "other", seed=1)
+    assert fingerprint(other) != fingerprint(data["cifar100"])
+
+
+@pytest.mark.slow
+def test_segmentation_cell_learns(tmp_path, data):
+    untrained, _ = train(tmp_path, "ade20k", data["ade20k"], iters=0, name="untrained")
+    trained, out = train(tmp_path, "ade20k", data["ade20k"], iters=60, name="trained")
+    assert trained["metrics"]["mIoU"] > untrained["metrics"]["mIoU"] + 5
+    saved = json.loads(out.read_text())
+    assert saved["metrics"] == trained["metrics"]
+    for key in ("trainable_backbone_params", "wall_time_s", "peak_memory_mb", "config_hash",
+                "dataset_fingerprint", "versions", "git", "device"):
+        assert key in saved, key
+    assert saved["trainable_backbone_params"] > 0 and saved["trainable_params"] > saved[
+        "trainable_backbone_params"]
+
+
+@pytest.mark.parametrize("task", ["cifar100", "svhn", "food101", "imagenet_r"])
+def test_classification_cell_learns(tmp_path, data, task):
+    untrained, _ = train(tmp_path, task, data[task], iters=0, name="untrained")
+    trained, _ = train(tmp_path, task, data[task], iters=80, name="trained")
+    assert trained["metrics"]["top1"] > max(untrained["metrics"]["top1"], 10.0) + 5  # chance 10%
+
+
+def test_same_seed_same_metrics(tmp_path, data):
+    a, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="a")
+    b, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="b")
+    c, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="c", seed=1)
+    assert a["metrics"] == b["metrics"]
+    assert a["config_hash"] == b["config_hash"] != c["config_hash"]
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_kill_after_checkpoint_and_resume_gives_identical_metrics(tmp_path, data, monkeypatch):
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS
+
+    @HOOKS.register_module(force=True)
+    class KillAtIter(Hook):
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            if runner.iter + 1 == 13:  # after the checkpoint at iteration 10
+                raise Killed("simulated kill")
+
+    straight, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="straight")
+    original = runner_module._task_config
+
+    def with_kill(cell):
+        cfg = original(cell)
+        cfg.setdefault("custom_hooks", []).append(dict(type="KillAtIter"))
+        return cfg
+
+    monkeypatch.setattr(runner_module, "_task_config", with_kill)
+    work = tmp_path / "resumed.work"
+    with pytest.raises(Killed):
+        train(tmp_path, "cifar100", data["cifar100"], iters=20, name="resumed", work_dir=work)
+    assert not (tmp_path / "resumed.json").exists()
+    assert (work / "iter_10.pth").exists()
+    monkeypatch.setattr(runner_module, "_task_config", original)
+    resumed, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="resumed",
+                       work_dir=work)
+    assert resumed["metrics"] == straight["metrics"]
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_data_fails_clearly_without_a_result(tmp_path, data, capsys):
+    def cli(task, root):
+        out = tmp_path / f"bad_{task}.json"
+        code = main(["train", "--task", task, "--backbone",
+                     "swin-micro" if task == "ade20k" else "vit-micro", "--method", "parax",
+                     "--data", str(root), "--out", str(out), "--iters", "1"])
+        assert code == 2 and not out.exists()
+        return capsys.readouterr().err
+
+    assert "data directory not found" in cli("cifar100", tmp_path / "nowhere")
+
+    ade = _copy(data["ade20k"], tmp_path / "ade_missing")
+    next((ade / "ADEChallengeData2016/annotations/training").glob("*.png")).unlink()
+    assert "images but" in cli("ade20k", ade)
+
+    ade = _copy(data["ade20k"], tmp_path / "ade_range")
+    label = next((ade / "ADEChallengeData2016/annotations/validation").glob("*.png"))
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(label)
+    assert f"{label}: label value 200 outside 0..150" in cli("ade20k", ade)
+
+    cifar = _copy(data["cifar100"], tmp_path / "cifar_bad")
+    (cifar / "cifar-100-python/train").write_bytes(b"garbage")
+    assert "not a CIFAR-100 python batch" in cli("cifar100", cifar)
+
+    cifar = _copy(data["cifar100"], tmp_path / "cifar_range")
+    path = cifar / "cifar-100-python/test"
+    batch = pickle.loads(path.read_bytes())
+    batch[b"fine_labels"][0] = 100
+    path.write_bytes(pickle.dumps(batch))
+    assert "labels must lie in [0, 100)" in cli("cifar100", cifar)
+
+    cifar = _copy(data["cifar100"], tmp_path / "cifar_count")
+    batch = pickle.loads((cifar / "cifar-100-python/test").read_bytes())
+    batch[b"fine_labels"] = batch[b"fine_labels"][:-3]
+    (cifar / "cifar-100-python/test").write_bytes(pickle.dumps(batch))
+    assert "128 images but 125 labels" in cli("cifar100", cifar)
