@@ -114,6 +114,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from tasks.cell import Cell
+
+    from .runner import run_cell
+
+    out = Path(args.out)
+    cell = Cell(task="cifar100", backbone=args.backbone, method="full", data_root=args.data,
+                work_dir=str(out.with_suffix("")) + ".work", seed=args.seed, iters=args.iters)
+    result = run_cell(cell, out.with_suffix(".json"), export_backbone=out)
+    print(f"pretrained {args.backbone}: source top1={result['metrics']['top1']:.2f} -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from methods import BACKBONES
     from tasks import TASKS
@@ -175,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="backbone checkpoint (release naming)")
     p.add_argument("--work-dir", help="checkpoints and logs (default: next to --out)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="pretrain a backbone on a synthetic source task "
+                                        "(`synth --dataset source`), saved in release naming")
+    p.add_argument("--backbone", required=True, metavar="B")
+    p.add_argument("--data", required=True, help="source dataset root")
+    p.add_argument("--out", required=True, help="checkpoint path (.pth); a result JSON goes beside it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iters", type=int, default=600)
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 

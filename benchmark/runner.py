@@ -70,7 +70,7 @@ def _register_exact_resume() -> None:
 def _task_config(cell: Cell) -> dict[str, Any]:
     from tasks import classification, segmentation
 
-    builders = {"ade20k": segmentation.build_config,
+    builders = {**{t: segmentation.build_config for t in segmentation.DATASETS},
                 **{t: classification.build_config for t in classification.DATASET_TYPES}}
     if cell.task not in builders:
         raise ValueError(f"task '{cell.task}' has no training configuration yet; "
@@ -90,8 +90,13 @@ def _git() -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
-def run_cell(cell: Cell, out: str | os.PathLike) -> dict[str, Any]:
-    """Train and evaluate ``cell``; write the result JSON to ``out`` (atomically) and return it."""
+def run_cell(cell: Cell, out: str | os.PathLike,
+             export_backbone: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train and evaluate ``cell``; write the result JSON to ``out`` (atomically) and return it.
+
+    ``export_backbone``: also save the trained backbone in the release naming, loadable as a
+    pretrained checkpoint (the mini profile's stand-in for ImageNet pretraining).
+    """
     import tasks.backbone  # noqa: F401  (registers ParaXBackbone)
     import tasks.classification  # noqa: F401  (registers datasets, model, metric)
     from mmengine.config import Config
@@ -140,8 +145,7 @@ def run_cell(cell: Cell, out: str | os.PathLike) -> dict[str, Any]:
         else:
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
     wall = time.monotonic() - start
-    model = runner.model
-    host = model.host if hasattr(model, "host") else model.backbone.host
+    host = runner.model.backbone.host
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = {
         "cell": {k: v for k, v in vars(cell).items() if k != "work_dir"},
@@ -158,5 +162,15 @@ def run_cell(cell: Cell, out: str | os.PathLike) -> dict[str, Any]:
         "git": _git(),
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
     }
+    if export_backbone is not None:
+        import io
+
+        from methods.checkpoints import export_official
+
+        from .io import write_bytes_atomic
+
+        buf = io.BytesIO()
+        torch.save(export_official(host), buf)
+        write_bytes_atomic(export_backbone, buf.getvalue())
     write_json_atomic(out, result)
     return result

@@ -159,9 +159,10 @@ class PooledClassifier(BaseModel):
         super().__init__(data_preprocessor=dict(type="ImgDataPreprocessor", mean=MEAN, std=STD))
         from .backbone import ParaXBackbone
 
-        wrapper = ParaXBackbone(backbone, method, task, options, pretrained, drop_path_rate)
-        self.host = wrapper.host
-        self.backbone = self.host.model
+        # The wrapper's init_weights keeps the constructed (pretrained) weights: the runner's
+        # init_weights must not reach timm's own re-initialisation.
+        self.backbone = ParaXBackbone(backbone, method, task, options, pretrained, drop_path_rate)
+        self.host = self.backbone.host
         self.img_size = img_size
         dim = self.host.stages[-1].dim
         self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))

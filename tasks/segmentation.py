@@ -1,8 +1,12 @@
 """Semantic segmentation (ADE20K; Potsdam and LoveDA reuse its settings): UperNet on mmseg."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from .cell import Cell
 from .registry import DataFormatError
@@ -15,14 +19,14 @@ PROFILES = {
     "paper": dict(crop=512, batch=16, iters=160_000, warmup=1500, channels=512, aux=True,
                   val_batch=1),
 }
-# spec §5: lr and drop path per backbone for ADE20K (mini uses the -micro backbones).
+# spec §5: lr and drop path per backbone for ADE20K, reused by Potsdam and LoveDA.
 PAPER_LR = {"swin-b": 6e-5, "swin-l": 3e-4, "convnext-b": 3e-4, "convnext-l": 3e-4}
 PAPER_DROP_PATH = {"swin-b": 0.15, "swin-l": 0.3, "convnext-b": 0.25, "convnext-l": 0.35}
 MINI_LR = 1e-3
 
 
-def ade20k_dataset(root: str, split: str, crop: int, train: bool) -> dict[str, Any]:
-    sub = "training" if split == "train" else "validation"
+def dataset_cfg(root: str, spec: SegDataset, train: bool, crop: int) -> dict[str, Any]:
+    split = spec.splits[0 if train else 1]
     if train:
         pipeline = [
             dict(type="LoadImageFromFile"),
@@ -40,50 +44,73 @@ def ade20k_dataset(root: str, split: str, crop: int, train: bool) -> dict[str, A
             dict(type="LoadAnnotations", reduce_zero_label=True),
             dict(type="PackSegInputs"),
         ]
-    return dict(type="ADE20KDataset", data_root=f"{root}/ADEChallengeData2016",
-                data_prefix=dict(img_path=f"images/{sub}", seg_map_path=f"annotations/{sub}"),
+    return dict(type=spec.type, data_root=f"{root}/{spec.base}",
+                data_prefix=dict(img_path=spec.images.format(split=split),
+                                 seg_map_path=spec.labels.format(split=split)),
                 pipeline=pipeline)
 
 
-def check_ade20k(root: str, num_classes: int = 150) -> None:
-    """Every image has a label map of the same size with values in [0, num_classes]."""
-    import numpy as np
-    from PIL import Image
+@dataclass(frozen=True)
+class SegDataset:
+    """Where a dataset's files live (mmseg's layouts) and how many classes it has."""
 
-    base = Path(root) / "ADEChallengeData2016"
-    for sub in ("training", "validation"):
-        img_dir, ann_dir = base / "images" / sub, base / "annotations" / sub
+    type: str
+    num_classes: int
+    base: str  # folder under the data root
+    images: str  # '{split}' is replaced by the split folder
+    labels: str
+    img_suffix: str
+    splits: tuple[str, str]  # (train, val) folder names
+
+
+DATASETS = {
+    "ade20k": SegDataset("ADE20KDataset", 150, "ADEChallengeData2016", "images/{split}",
+                         "annotations/{split}", ".jpg", ("training", "validation")),
+    # mmsegmentation's converted layouts of the ISPRS Potsdam and LoveDA releases
+    "potsdam": SegDataset("PotsdamDataset", 6, "potsdam", "img_dir/{split}", "ann_dir/{split}",
+                          ".png", ("train", "val")),
+    "loveda": SegDataset("LoveDADataset", 7, "loveDA", "img_dir/{split}", "ann_dir/{split}",
+                         ".png", ("train", "val")),
+}
+
+
+def check_dataset(root: str, spec: SegDataset) -> None:
+    """Every image has a label map of its size with values in [0, num_classes] (0 = ignored)."""
+    base = Path(root) / spec.base
+    for split in spec.splits:
+        img_dir = base / spec.images.format(split=split)
+        ann_dir = base / spec.labels.format(split=split)
         for d in (img_dir, ann_dir):
             if not d.is_dir():
-                raise DataFormatError(f"ADE20K directory not found: expected {d}")
-        images = sorted(p.stem for p in img_dir.glob("*.jpg"))
+                raise DataFormatError(f"{spec.type}: directory not found: expected {d}")
+        images = sorted(p.name[: -len(spec.img_suffix)] for p in img_dir.glob(f"*{spec.img_suffix}"))
         labels = sorted(p.stem for p in ann_dir.glob("*.png"))
         if images != labels:
-            missing = sorted(set(images) ^ set(labels))[:3]
+            unmatched = sorted(set(images) ^ set(labels))[:3]
             raise DataFormatError(f"{ann_dir}: {len(images)} images but {len(labels)} label maps "
-                                  f"(unmatched: {missing})")
+                                  f"(unmatched: {unmatched})")
         for stem in labels:
             path = ann_dir / f"{stem}.png"
-            with Image.open(path) as png:
-                label = np.asarray(png)
-                size = Image.open(img_dir / f"{stem}.jpg").size
+            with Image.open(path) as png, Image.open(img_dir / f"{stem}{spec.img_suffix}") as img:
+                label, size = np.asarray(png), img.size
             if label.ndim != 2 or (label.shape[1], label.shape[0]) != size:
                 raise DataFormatError(f"{path}: expected a single-channel map of the image's "
                                       f"size {size}, got shape {label.shape}")
-            if label.max() > num_classes:
+            if label.max() > spec.num_classes:
                 raise DataFormatError(f"{path}: label value {int(label.max())} outside "
-                                      f"0..{num_classes} (0 = other)")
+                                      f"0..{spec.num_classes} (0 = ignored)")
 
 
 def build_config(cell: Cell) -> dict[str, Any]:
-    check_ade20k(cell.data_root)
+    spec = DATASETS[cell.task]
+    check_dataset(cell.data_root, spec)
     p = dict(PROFILES[cell.profile])
     if cell.iters is not None:
         p["iters"] = cell.iters
     backbone = cell.backbone_cfg(drop_path=PAPER_DROP_PATH.get(cell.backbone, 0.0)
                                  if cell.profile == "paper" else 0.0)
     dims = cell.stage_dims()
-    num_classes = 150
+    num_classes = spec.num_classes
     model = dict(
         type="EncoderDecoder",
         data_preprocessor=dict(type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True,
@@ -107,10 +134,10 @@ def build_config(cell: Cell) -> dict[str, Any]:
         model=model,
         train_dataloader=dict(batch_size=p["batch"], num_workers=0, persistent_workers=False,
                               sampler=dict(type="InfiniteSampler", shuffle=True),
-                              dataset=ade20k_dataset(cell.data_root, "train", p["crop"], True)),
+                              dataset=dataset_cfg(cell.data_root, spec, True, p["crop"])),
         val_dataloader=dict(batch_size=p["val_batch"], num_workers=0, persistent_workers=False,
                             sampler=dict(type="DefaultSampler", shuffle=False),
-                            dataset=ade20k_dataset(cell.data_root, "val", p["crop"], False)),
+                            dataset=dataset_cfg(cell.data_root, spec, False, p["crop"])),
         val_evaluator=dict(type="IoUMetric", iou_metrics=["mIoU"]),
         # Validation runs once, after training (the runner calls it).
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=p["iters"], val_begin=p["iters"] + 1),

@@ -143,3 +143,25 @@ def test_bad_data_fails_clearly_without_a_result(tmp_path, data, capsys):
     batch[b"fine_labels"] = batch[b"fine_labels"][:-3]
     (cifar / "cifar-100-python/test").write_bytes(pickle.dumps(batch))
     assert "128 images but 125 labels" in cli("cifar100", cifar)
+
+
+def test_pretrained_backbone_survives_runner_init_and_loads_downstream(tmp_path, data):
+    import torch
+
+    from methods.checkpoints import read_state_dict
+    from tasks.classification import PooledClassifier
+
+    source = generate("source", tmp_path / "source", seed=0, train=64, val=16)
+    ckpt = tmp_path / "vit-micro.pth"
+    assert main(["pretrain", "--backbone", "vit-micro", "--data", str(source), "--out", str(ckpt),
+                 "--iters", "5"]) == 0
+    assert ckpt.exists() and ckpt.with_suffix(".json").exists()
+    state = read_state_dict(ckpt)
+    model = PooledClassifier("vit-micro", "parax", "cifar100", 100, 32, pretrained=str(ckpt))
+    model.init_weights()  # what the runner does: must not re-initialise the backbone
+    ours = model.host.model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in state.items())
+
+    with pytest.raises(FileNotFoundError, match="expected the file .*missing.pth"):
+        PooledClassifier("vit-micro", "parax", "cifar100", 100, 32,
+                         pretrained=str(tmp_path / "missing.pth"))

@@ -7,14 +7,17 @@ from pathlib import Path
 from typing import Callable
 
 from .writers import (fingerprint, write_ade20k, write_cifar100, write_food101, write_imagenet_r,
-                      write_svhn)
+                      write_loveda, write_potsdam, write_source, write_svhn)
 
 WRITERS: dict[str, Callable[..., Path]] = {
     "ade20k": write_ade20k,
+    "potsdam": write_potsdam,
+    "loveda": write_loveda,
     "cifar100": write_cifar100,
     "svhn": write_svhn,
     "food101": write_food101,
     "imagenet_r": write_imagenet_r,
+    "source": write_source,
 }
 
 

@@ -28,23 +28,52 @@ def fingerprint(root: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _write_segmentation(base: Path, seed: int, splits: dict[str, int], size: int,
+                        stuff: list[int], things: list[int], img_suffix: str,
+                        images: str, labels: str, prefix: dict[str, str]) -> Path:
+    styles = class_styles(151)
+    rng = np.random.default_rng(seed)
+    for split, count in splits.items():
+        img_dir, ann_dir = base / images.format(split=split), base / labels.format(split=split)
+        img_dir.mkdir(parents=True, exist_ok=True)
+        ann_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(1, count + 1):
+            image, label, _ = draw_scene(rng, size, size, styles, stuff, things)
+            name = f"{prefix[split]}_{i:08d}"
+            if img_suffix == ".jpg":
+                Image.fromarray(image).save(img_dir / f"{name}.jpg", quality=95)
+            else:
+                Image.fromarray(image).save(img_dir / f"{name}{img_suffix}")
+            Image.fromarray(np.clip(label, 0, 255).astype(np.uint8)).save(ann_dir / f"{name}.png")
+    return base
+
+
 def write_ade20k(root: str | Path, seed: int = 0, train: int = 64, val: int = 16,
                  size: int = 64) -> Path:
     """ADEChallengeData2016 layout: images/{training,validation}/ADE_*.jpg and
     annotations/{training,validation}/ADE_*.png (uint8 class ids, 0 = other)."""
-    base = Path(root) / "ADEChallengeData2016"
-    styles = class_styles(151)
-    rng = np.random.default_rng(seed)
-    for split, count, prefix in (("training", train, "ADE_train"), ("validation", val, "ADE_val")):
-        (base / "images" / split).mkdir(parents=True, exist_ok=True)
-        (base / "annotations" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(1, count + 1):
-            image, labels, _ = draw_scene(rng, size, size, styles, ADE20K_STUFF, ADE20K_THINGS)
-            name = f"{prefix}_{i:08d}"
-            Image.fromarray(image).save(base / "images" / split / f"{name}.jpg", quality=95)
-            Image.fromarray(np.clip(labels, 0, 255).astype(np.uint8)).save(
-                base / "annotations" / split / f"{name}.png")
-    return base
+    return _write_segmentation(Path(root) / "ADEChallengeData2016", seed,
+                               {"training": train, "validation": val}, size, ADE20K_STUFF,
+                               ADE20K_THINGS, ".jpg", "images/{split}", "annotations/{split}",
+                               {"training": "ADE_train", "validation": "ADE_val"})
+
+
+def write_potsdam(root: str | Path, seed: int = 0, train: int = 64, val: int = 16,
+                  size: int = 64) -> Path:
+    """mmseg's converted ISPRS Potsdam layout: potsdam/{img_dir,ann_dir}/{train,val}/*.png,
+    labels 1..6 (impervious surface, building, low vegetation, tree, car, clutter), 0 ignored."""
+    return _write_segmentation(Path(root) / "potsdam", seed, {"train": train, "val": val}, size,
+                               [1, 3, 6], [2, 4, 5], ".png", "img_dir/{split}", "ann_dir/{split}",
+                               {"train": "2_10_0", "val": "2_13_0"})
+
+
+def write_loveda(root: str | Path, seed: int = 0, train: int = 64, val: int = 16,
+                 size: int = 64) -> Path:
+    """mmseg's converted LoveDA layout: loveDA/{img_dir,ann_dir}/{train,val}/*.png, labels 1..7
+    (background, building, road, water, barren, forest, agricultural), 0 = no data."""
+    return _write_segmentation(Path(root) / "loveDA", seed, {"train": train, "val": val}, size,
+                               [1, 3, 6, 7], [2, 4, 5], ".png", "img_dir/{split}",
+                               "ann_dir/{split}", {"train": "train", "val": "val"})
 
 
 # Classification: object-centric images, the label is the object's class. Synthetic sets use
@@ -53,24 +82,26 @@ CLASSIFICATION_CLASSES = 10
 _CLS_STUFF = [200, 201, 202, 203]  # style indices reserved for backgrounds
 
 
-def _object_images(seed: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    styles = class_styles(204, seed=1)
+def _object_images(seed: int, count: int, size: int, num_classes: int = CLASSIFICATION_CLASSES,
+                   style_seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    styles = class_styles(204, seed=style_seed)
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, CLASSIFICATION_CLASSES, size=count)
+    labels = rng.integers(0, num_classes, size=count)
     images = np.stack([draw_scene(rng, size, size, styles, _CLS_STUFF, [int(c)], max_objects=1)[0]
                        for c in labels]) if count else np.zeros((0, size, size, 3), np.uint8)
     return images, labels
 
 
 def write_cifar100(root: str | Path, seed: int = 0, train: int = 512, val: int = 128,
-                   size: int = 32) -> Path:
+                   size: int = 32, num_classes: int = CLASSIFICATION_CLASSES,
+                   style_seed: int = 1) -> Path:
     """``cifar-100-python/{train,test,meta}`` pickles with the release's keys."""
     import pickle
 
     base = Path(root) / "cifar-100-python"
     base.mkdir(parents=True, exist_ok=True)
     for name, count, offset in (("train", train, 0), ("test", val, 1)):
-        images, labels = _object_images(seed * 2 + offset, count, 32)
+        images, labels = _object_images(seed * 2 + offset, count, 32, num_classes, style_seed)
         batch = {b"filenames": [f"img_{i}.png".encode() for i in range(count)],
                  b"batch_label": f"{name} batch".encode(),
                  b"fine_labels": [int(c) for c in labels],
@@ -136,3 +167,10 @@ def write_imagenet_r(root: str | Path, seed: int = 0, train: int = 256, val: int
             split[name].append(rel)
     (base / "split.json").write_text(json.dumps(split, indent=0) + "\n")
     return base
+
+
+def write_source(root: str | Path, seed: int = 0, train: int = 4096, val: int = 256,
+                 size: int = 32) -> Path:
+    """The pretraining source task: 100 classes with looks of their own (another style seed
+    than every downstream set), in the CIFAR-100 format."""
+    return write_cifar100(root, seed, train, val, size, num_classes=100, style_seed=7)
