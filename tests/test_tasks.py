@@ -165,3 +165,29 @@ def test_pretrained_backbone_survives_runner_init_and_loads_downstream(tmp_path,
     with pytest.raises(FileNotFoundError, match="expected the file .*missing.pth"):
         PooledClassifier("vit-micro", "parax", "cifar100", 100, 32,
                          pretrained=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.slow
+def test_instance_segmentation_cell_runs_end_to_end(tmp_path):
+    coco = generate("coco_instance", tmp_path / "coco", seed=0, train=8, val=4)
+    result, out = train(tmp_path, "coco_instance", coco, backbone="convnext-micro", iters=4)
+    for key in ("coco/bbox_mAP", "coco/segm_mAP", "coco/bbox_mAP_50"):
+        assert key in result["metrics"]
+    assert json.loads(out.read_text())["metrics"] == result["metrics"]
+
+
+def test_malformed_coco_fails_clearly(tmp_path, capsys):
+    coco = generate("coco_instance", tmp_path / "coco", seed=0, train=4, val=2)
+    ann = coco / "coco" / "annotations" / "instances_val2017.json"
+    ann.write_text("{not json")
+    out = tmp_path / "bad.json"
+    assert main(["train", "--task", "coco_instance", "--backbone", "convnext-micro", "--method",
+                 "parax", "--data", str(tmp_path / "coco"), "--out", str(out), "--iters", "1"]) == 2
+    assert f"{ann}: not a COCO instances file" in capsys.readouterr().err
+    assert not out.exists()
+    data = {"images": [{"id": 1, "file_name": "missing.jpg", "height": 8, "width": 8}],
+            "annotations": [], "categories": []}
+    ann.write_text(json.dumps(data))
+    assert main(["train", "--task", "coco_instance", "--backbone", "convnext-micro", "--method",
+                 "parax", "--data", str(tmp_path / "coco"), "--out", str(out), "--iters", "1"]) == 2
+    assert "image missing.jpg not found" in capsys.readouterr().err

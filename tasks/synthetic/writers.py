@@ -174,3 +174,69 @@ def write_source(root: str | Path, seed: int = 0, train: int = 4096, val: int = 
     """The pretraining source task: 100 classes with looks of their own (another style seed
     than every downstream set), in the CIFAR-100 format."""
     return write_cifar100(root, seed, train, val, size, num_classes=100, style_seed=7)
+
+
+# COCO: the 80 detection categories keep their official, non-contiguous ids.
+COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+COCO_THINGS = [0, 2, 16, 56, 39]  # indices into the 80 names: person, car, dog, chair, bottle
+
+
+def _coco_categories() -> list[dict]:
+    from mmdet.datasets import CocoDataset
+
+    names = CocoDataset.METAINFO["classes"]
+    return [{"id": i, "name": n, "supercategory": "thing"} for i, n in zip(COCO_IDS, names)]
+
+
+def _polygons(mask: np.ndarray) -> list[list[float]]:
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def write_coco_instances(root: str | Path, seed: int = 0, train: int = 64, val: int = 16,
+                         size: int = 128) -> Path:
+    """COCO 2017 layout: {train,val}2017/*.jpg and annotations/instances_{train,val}2017.json;
+    masks as polygons, every third one as compressed RLE."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    base = Path(root) / "coco"
+    styles = class_styles(204, seed=3)
+    rng = np.random.default_rng(seed)
+    categories = _coco_categories()
+    stuff = [100, 101, 102, 103]  # backgrounds: styles no category uses
+    ann_id = 1
+    for split, count, offset in (("train2017", train, 0), ("val2017", val, 1_000_000)):
+        (base / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(1, count + 1):
+            image, _, objects = draw_scene(rng, size, size, styles, stuff, COCO_THINGS,
+                                           max_objects=4)
+            image_id = offset + i
+            file_name = f"{image_id:012d}.jpg"
+            Image.fromarray(image).save(base / split / file_name, quality=95)
+            images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
+            for obj in objects:
+                ys, xs = np.nonzero(obj.mask)
+                polygons = _polygons(obj.mask)
+                if not polygons:
+                    continue
+                if ann_id % 3 == 0:
+                    rle = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
+                    segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
+                else:
+                    segmentation = polygons
+                annotations.append({
+                    "id": ann_id, "image_id": image_id, "category_id": COCO_IDS[obj.label],
+                    "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                             float(ys.max() - ys.min() + 1)],
+                    "area": float(obj.mask.sum()), "iscrowd": 0, "segmentation": segmentation})
+                ann_id += 1
+        (base / "annotations").mkdir(exist_ok=True)
+        (base / "annotations" / f"instances_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories}))
+    return base

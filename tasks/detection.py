@@ -1,0 +1,158 @@
+"""COCO detection + instance segmentation: Mask R-CNN with FPN on mmdet.
+
+The detector is mmdet's own Mask R-CNN base config (shipped inside the mmdet package), with
+our backbone in place of the ResNet; the mini profile narrows the neck and heads.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .cell import Cell
+from .registry import DataFormatError
+
+MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+PROFILES = {
+    "mini": dict(scale=(128, 128), batch=2, iters=100, warmup=10, width=64, fc=256, lr=1e-3),
+    # spec §5: Mask R-CNN 1x, 1333x800, batch 16, AdamW lr 1e-4 / wd 0.05, steps at 8 and 11.
+    "paper": dict(scale=(1333, 800), batch=16, epochs=12, warmup=500, width=256, fc=1024, lr=1e-4),
+}
+PAPER_DROP_PATH = {"swin-b": 0.15, "swin-l": 0.2, "convnext-b": 0.2, "convnext-l": 0.35}
+
+
+def _register_metric() -> None:
+    from mmdet.evaluation import CocoMetric
+    from mmengine.registry import METRICS
+
+    if "CocoInstanceMetric" in METRICS.module_dict:
+        return
+
+    @METRICS.register_module()
+    class CocoInstanceMetric(CocoMetric):
+        """mmdet's CocoMetric, except that a model without any detection scores 0 (mmdet
+        returns no metrics at all then)."""
+
+        def compute_metrics(self, results: list) -> dict[str, float]:
+            out = super().compute_metrics(results)
+            if not out:
+                out = {f"{m}_{k}": 0.0 for m in self.metrics
+                       for k in ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")}
+            return out
+
+
+def _mmdet_base(name: str) -> dict[str, Any]:
+    import mmdet
+    from mmengine.config import Config
+
+    path = Path(mmdet.__file__).parent / ".mim" / "configs" / "_base_" / "models" / name
+    return Config.fromfile(str(path)).model.to_dict()
+
+
+def _narrow(cfg: Any, width: int, fc: int) -> Any:
+    """Replace the 256-channel neck/head widths (and the 1024-wide FCs) of a base config."""
+    if isinstance(cfg, dict):
+        out = {}
+        for k, v in cfg.items():
+            if k in ("in_channels", "out_channels", "feat_channels", "conv_out_channels") and v == 256:
+                out[k] = width
+            elif k == "fc_out_channels" and v == 1024:
+                out[k] = fc
+            else:
+                out[k] = _narrow(v, width, fc)
+        return out
+    if isinstance(cfg, list):
+        return [_narrow(v, width, fc) for v in cfg]
+    return cfg
+
+
+def check_coco(root: str, split: str) -> Path:
+    """The annotation file parses as COCO and every image it lists exists."""
+    base = Path(root) / "coco"
+    ann = base / "annotations" / f"instances_{split}.json"
+    if not ann.is_file():
+        raise DataFormatError(f"COCO annotations not found: expected {ann}")
+    try:
+        data = json.loads(ann.read_text())
+        images, annotations = data["images"], data["annotations"]
+        ids = {img["id"] for img in images}
+        for img in images:
+            if not (base / split / img["file_name"]).is_file():
+                raise DataFormatError(f"{ann}: image {img['file_name']} not found in {base / split}")
+        for a in annotations:
+            if a["image_id"] not in ids:
+                raise DataFormatError(f"{ann}: annotation {a['id']} refers to unknown image "
+                                      f"{a['image_id']}")
+            if len(a["bbox"]) != 4:
+                raise DataFormatError(f"{ann}: annotation {a['id']} bbox must be [x, y, w, h]")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataFormatError(f"{ann}: not a COCO instances file ({exc!r})") from exc
+    return ann
+
+
+def build_config(cell: Cell) -> dict[str, Any]:
+    _register_metric()
+    p = dict(PROFILES[cell.profile])
+    paper = cell.profile == "paper"
+    train_ann, val_ann = check_coco(cell.data_root, "train2017"), check_coco(cell.data_root, "val2017")
+    model = _narrow(_mmdet_base("mask-rcnn_r50_fpn.py"), p["width"], p["fc"])
+    model["backbone"] = cell.backbone_cfg(PAPER_DROP_PATH.get(cell.backbone, 0.0) if paper else 0.0)
+    model["neck"]["in_channels"] = cell.stage_dims()
+    model["data_preprocessor"] = dict(type="DetDataPreprocessor", mean=MEAN, std=STD,
+                                      bgr_to_rgb=True, pad_mask=True, pad_size_divisor=32)
+    train_pipeline = [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        dict(type="Resize", scale=p["scale"], keep_ratio=True),
+        dict(type="RandomFlip", prob=0.5),
+        dict(type="PackDetInputs"),
+    ]
+    test_pipeline = [
+        dict(type="LoadImageFromFile"),
+        dict(type="Resize", scale=p["scale"], keep_ratio=True),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
+                                              "scale_factor")),
+    ]
+    root = f"{cell.data_root}/coco"
+
+    def loader(split: str, ann: Path, train: bool) -> dict[str, Any]:
+        return dict(batch_size=p["batch"] if train else 1, num_workers=0, persistent_workers=False,
+                    sampler=dict(type="InfiniteSampler" if train and not paper else "DefaultSampler",
+                                 shuffle=train),
+                    batch_sampler=dict(type="AspectRatioBatchSampler") if train and paper else None,
+                    dataset=dict(type="CocoDataset", data_root=root,
+                                 ann_file=str(ann.relative_to(root)),
+                                 data_prefix=dict(img=f"{split}/"),
+                                 filter_cfg=dict(filter_empty_gt=True, min_size=4) if train else None,
+                                 pipeline=train_pipeline if train else test_pipeline,
+                                 test_mode=not train))
+
+    if paper:
+        loop = dict(type="EpochBasedTrainLoop", max_epochs=p["epochs"], val_begin=p["epochs"] + 1)
+        schedule = [dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0,
+                         end=p["warmup"]),
+                    dict(type="MultiStepLR", begin=0, end=p["epochs"], by_epoch=True,
+                         milestones=[8, 11], gamma=0.1)]
+    else:
+        iters = cell.iters if cell.iters is not None else p["iters"]
+        loop = dict(type="IterBasedTrainLoop", max_iters=iters, val_begin=iters + 1)
+        schedule = [dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0,
+                         end=p["warmup"])]
+    return dict(
+        default_scope="mmdet",
+        model=model,
+        train_dataloader=loader("train2017", train_ann, True),
+        val_dataloader=loader("val2017", val_ann, False),
+        val_evaluator=dict(type="CocoInstanceMetric", ann_file=str(val_ann), metric=["bbox", "segm"],
+                           format_only=False),
+        train_cfg=loop,
+        val_cfg=dict(type="ValLoop"),
+        optim_wrapper=dict(type="OptimWrapper",
+                           optimizer=dict(type="AdamW", lr=p["lr"], betas=(0.9, 0.999),
+                                          weight_decay=0.05),
+                           paramwise_cfg=dict(norm_decay_mult=0.0, custom_keys={
+                               "relative_position_bias_table": dict(decay_mult=0.0),
+                               "absolute_pos_embed": dict(decay_mult=0.0)})),
+        param_scheduler=schedule,
+    )
