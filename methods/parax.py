@@ -278,6 +278,12 @@ class ParaX(PEFTMethod):
     @classmethod
     def paper_config(cls, backbone, task) -> ParaXConfig:
         cfg = ParaXConfig()
+        # The released r = 128 assumes stages of >= 128 channels (true of every paper
+        # backbone); the -micro backbones (16-64 channels) get r = their narrowest stage.
+        from .backbones import create_backbone
+
+        narrowest = min(s.dim for s in create_backbone(backbone.name, device="meta").stages)
+        cfg.bottleneck = min(cfg.bottleneck, narrowest)
         if task is None:
             return cfg
         if backbone.family == "convnext" and task.kind == "semantic_segmentation":

@@ -66,10 +66,11 @@ def _narrow(cfg: Any, width: int, fc: int) -> Any:
     return cfg
 
 
-def check_coco(root: str, split: str) -> Path:
-    """The annotation file parses as COCO and every image it lists exists."""
+def check_coco(root: str, split: str, kind: str = "instances") -> Path:
+    """The annotation file (``annotations/{kind}_{split}.json``) parses as COCO and every
+    image it lists exists."""
     base = Path(root) / "coco"
-    ann = base / "annotations" / f"instances_{split}.json"
+    ann = base / "annotations" / f"{kind}_{split}.json"
     if not ann.is_file():
         raise DataFormatError(f"COCO annotations not found: expected {ann}")
     try:
@@ -86,7 +87,7 @@ def check_coco(root: str, split: str) -> Path:
             if len(a["bbox"]) != 4:
                 raise DataFormatError(f"{ann}: annotation {a['id']} bbox must be [x, y, w, h]")
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataFormatError(f"{ann}: not a COCO instances file ({exc!r})") from exc
+        raise DataFormatError(f"{ann}: not a COCO {kind} file ({exc!r})") from exc
     return ann
 
 

@@ -168,6 +168,16 @@ def test_pretrained_backbone_survives_runner_init_and_loads_downstream(tmp_path,
 
 
 @pytest.mark.slow
+def test_pose_cell_learns(tmp_path):
+    coco = generate("coco_pose", tmp_path / "pose", seed=0)
+    untrained, _ = train(tmp_path, "coco_pose", coco, backbone="convnext-micro", iters=0,
+                         name="untrained")
+    trained, _ = train(tmp_path, "coco_pose", coco, backbone="convnext-micro", iters=60,
+                       name="trained")
+    assert trained["metrics"]["coco/AP .5"] > untrained["metrics"]["coco/AP .5"] + 0.1
+
+
+@pytest.mark.slow
 def test_instance_segmentation_cell_runs_end_to_end(tmp_path):
     coco = generate("coco_instance", tmp_path / "coco", seed=0, train=8, val=4)
     result, out = train(tmp_path, "coco_instance", coco, backbone="convnext-micro", iters=4)

@@ -6,7 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .writers import (fingerprint, write_ade20k, write_cifar100, write_coco_instances, write_food101,
+from .writers import (fingerprint, write_ade20k, write_cifar100, write_coco_instances, write_coco_keypoints,
+                      write_food101,
                       write_imagenet_r,
                       write_loveda, write_potsdam, write_source, write_svhn)
 
@@ -20,6 +21,7 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "imagenet_r": write_imagenet_r,
     "source": write_source,
     "coco_instance": write_coco_instances,
+    "coco_pose": write_coco_keypoints,
 }
 
 

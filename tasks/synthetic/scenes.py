@@ -93,11 +93,14 @@ class SceneObject:
 
 def draw_scene(rng: np.random.Generator, height: int, width: int, styles: list[ClassStyle],
                stuff: list[int], things: list[int], max_objects: int = 4,
-               num_keypoints: int = 0) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
+               keypoint_angles: tuple[float, ...] = ()) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
     """An image (H, W, 3) uint8, its label map (H, W) int (-1 = unlabelled) and the objects.
 
     Stuff classes fill the frame in bands/blobs; objects of thing classes are pasted on top
-    (later objects occlude earlier ones). Keypoints sit on each object's outline.
+    (later objects occlude earlier ones). Keypoint k of an object sits at image-frame angle
+    ``keypoint_angles[k]`` on the ellipse through its extent, so mirrored angles make
+    left/right keypoint pairs that swap under a horizontal flip; visibility 1 (occluded)
+    where the point is off the object's visible mask, else 2.
     """
     image = np.zeros((height, width, 3), np.float32)
     labels = np.full((height, width), -1, np.int64)
@@ -127,11 +130,9 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, styles: list[C
         labels[mask] = cls
         for obj in objects:  # occlusion
             obj.mask &= ~mask
-        kps = np.zeros((num_keypoints, 3), np.float32)
-        for k in range(num_keypoints):
-            t = 2 * np.pi * k / max(num_keypoints, 1) + angle
-            kx, ky = cx + 0.8 * rx * np.cos(t), cy + 0.8 * ry * np.sin(t)
-            kps[k] = (kx, ky, 2)
+        kps = np.zeros((len(keypoint_angles), 3), np.float32)
+        for k, t in enumerate(keypoint_angles):
+            kps[k] = (cx + 0.8 * rx * np.cos(t), cy + 0.8 * ry * np.sin(t), 2)
         objects.append(SceneObject(cls, mask, kps))
     objects = [o for o in objects if o.mask.sum() >= 8]
     for obj in objects:

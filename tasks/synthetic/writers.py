@@ -240,3 +240,59 @@ def write_coco_instances(root: str | Path, seed: int = 0, train: int = 64, val: 
         (base / "annotations" / f"instances_{split}.json").write_text(json.dumps(
             {"images": images, "annotations": annotations, "categories": categories}))
     return base
+
+
+# COCO's 17 person keypoints (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles;
+# left before right) at image-frame angles, each left/right pair mirrored about the vertical.
+_KEYPOINT_DEGREES = (-90, -70, -110, -50, -130, -25, -155, 0, 180, 20, 160, 45, 135, 65, 115, 80, 100)
+KEYPOINT_ANGLES = tuple(float(np.deg2rad(d)) for d in _KEYPOINT_DEGREES)
+
+
+def write_coco_keypoints(root: str | Path, seed: int = 0, train: int = 96, val: int = 24,
+                         size: int = 96) -> Path:
+    """COCO 2017 keypoints layout: {train,val}2017/*.jpg and
+    annotations/person_keypoints_{train,val}2017.json (17 keypoints per person)."""
+    import json
+
+    base = Path(root) / "coco"
+    names = _coco_keypoint_names()
+    styles = class_styles(204, seed=4)
+    rng = np.random.default_rng(seed)
+    category = {"id": 1, "name": "person", "supercategory": "person", "keypoints": names,
+                "skeleton": [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13],
+                             [6, 7], [6, 8], [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3],
+                             [2, 4], [3, 5], [4, 6], [5, 7]]}
+    ann_id = 1
+    for split, count, offset in (("train2017", train, 0), ("val2017", val, 1_000_000)):
+        (base / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(1, count + 1):
+            image, _, objects = draw_scene(rng, size, size, styles, [100, 101, 102], [0],
+                                           max_objects=2, keypoint_angles=KEYPOINT_ANGLES)
+            image_id = offset + i
+            file_name = f"{image_id:012d}.jpg"
+            Image.fromarray(image).save(base / split / file_name, quality=95)
+            images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
+            for obj in objects:
+                ys, xs = np.nonzero(obj.mask)
+                kps = obj.keypoints.copy()
+                inside = (kps[:, 0] >= 0) & (kps[:, 0] < size) & (kps[:, 1] >= 0) & (kps[:, 1] < size)
+                kps[~inside] = 0  # outside the image: not labelled
+                annotations.append({
+                    "id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                    "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                             float(ys.max() - ys.min() + 1)],
+                    "area": float(obj.mask.sum()), "segmentation": _polygons(obj.mask),
+                    "keypoints": [round(float(v), 2) for v in kps.reshape(-1)],
+                    "num_keypoints": int((kps[:, 2] > 0).sum())})
+                ann_id += 1
+        (base / "annotations").mkdir(exist_ok=True)
+        (base / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": [category]}))
+    return base
+
+
+def _coco_keypoint_names() -> list[str]:
+    sides = ("left", "right")
+    parts = ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
+    return ["nose"] + [f"{s}_{p}" for p in parts for s in sides]
