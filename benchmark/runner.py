@@ -68,9 +68,10 @@ def _register_exact_resume() -> None:
 
 
 def _task_config(cell: Cell) -> dict[str, Any]:
-    from tasks import classification, detection, pose, segmentation
+    from tasks import classification, detection, panoptic, pose, segmentation
 
-    builders = {"coco_instance": detection.build_config, "coco_pose": pose.build_config,**{t: segmentation.build_config for t in segmentation.DATASETS},
+    builders = {"coco_instance": detection.build_config, "coco_pose": pose.build_config,
+                "coco_panoptic": panoptic.build_config,**{t: segmentation.build_config for t in segmentation.DATASETS},
                 **{t: classification.build_config for t in classification.DATASET_TYPES}}
     if cell.task not in builders:
         raise ValueError(f"task '{cell.task}' has no training configuration yet; "

@@ -41,15 +41,16 @@ def _register_metric() -> None:
             return out
 
 
-def _mmdet_base(name: str) -> dict[str, Any]:
+def mmdet_model(name: str) -> dict[str, Any]:
+    """The model of one of the configs mmdet ships inside its package."""
     import mmdet
     from mmengine.config import Config
 
-    path = Path(mmdet.__file__).parent / ".mim" / "configs" / "_base_" / "models" / name
+    path = Path(mmdet.__file__).parent / ".mim" / "configs" / name
     return Config.fromfile(str(path)).model.to_dict()
 
 
-def _narrow(cfg: Any, width: int, fc: int) -> Any:
+def narrow(cfg: Any, width: int, fc: int) -> Any:
     """Replace the 256-channel neck/head widths (and the 1024-wide FCs) of a base config."""
     if isinstance(cfg, dict):
         out = {}
@@ -59,10 +60,10 @@ def _narrow(cfg: Any, width: int, fc: int) -> Any:
             elif k == "fc_out_channels" and v == 1024:
                 out[k] = fc
             else:
-                out[k] = _narrow(v, width, fc)
+                out[k] = narrow(v, width, fc)
         return out
     if isinstance(cfg, list):
-        return [_narrow(v, width, fc) for v in cfg]
+        return [narrow(v, width, fc) for v in cfg]
     return cfg
 
 
@@ -93,17 +94,26 @@ def check_coco(root: str, split: str, kind: str = "instances") -> Path:
 
 def build_config(cell: Cell) -> dict[str, Any]:
     _register_metric()
-    p = dict(PROFILES[cell.profile])
+    p = PROFILES[cell.profile]
+    train_ann = check_coco(cell.data_root, "train2017")
+    val_ann = check_coco(cell.data_root, "val2017")
+    model = narrow(mmdet_model("_base_/models/mask-rcnn_r50_fpn.py"), p["width"], p["fc"])
+    load = dict(type="LoadAnnotations", with_bbox=True, with_mask=True)
+    evaluator = dict(type="CocoInstanceMetric", ann_file=str(val_ann), metric=["bbox", "segm"])
+    return coco_config(cell, model, "CocoDataset", train_ann, val_ann, load, evaluator)
+
+
+def coco_config(cell: Cell, model: dict[str, Any], dataset: str, train_ann: Path, val_ann: Path,
+                load: dict[str, Any], evaluator: dict[str, Any],
+                seg_prefix: str | None = None, meta_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Runner config shared by the COCO detection-style tasks (Mask R-CNN, Panoptic FPN)."""
+    p = PROFILES[cell.profile]
     paper = cell.profile == "paper"
-    train_ann, val_ann = check_coco(cell.data_root, "train2017"), check_coco(cell.data_root, "val2017")
-    model = _narrow(_mmdet_base("mask-rcnn_r50_fpn.py"), p["width"], p["fc"])
     model["backbone"] = cell.backbone_cfg(PAPER_DROP_PATH.get(cell.backbone, 0.0) if paper else 0.0)
     model["neck"]["in_channels"] = cell.stage_dims()
-    model["data_preprocessor"] = dict(type="DetDataPreprocessor", mean=MEAN, std=STD,
-                                      bgr_to_rgb=True, pad_mask=True, pad_size_divisor=32)
     train_pipeline = [
         dict(type="LoadImageFromFile"),
-        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        load,
         dict(type="Resize", scale=p["scale"], keep_ratio=True),
         dict(type="RandomFlip", prob=0.5),
         dict(type="PackDetInputs"),
@@ -111,20 +121,22 @@ def build_config(cell: Cell) -> dict[str, Any]:
     test_pipeline = [
         dict(type="LoadImageFromFile"),
         dict(type="Resize", scale=p["scale"], keep_ratio=True),
-        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        load,
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
-                                              "scale_factor")),
+                                              "scale_factor") + meta_keys),
     ]
     root = f"{cell.data_root}/coco"
 
     def loader(split: str, ann: Path, train: bool) -> dict[str, Any]:
+        prefix = dict(img=f"{split}/")
+        if seg_prefix:
+            prefix["seg"] = seg_prefix.format(split=split)
         return dict(batch_size=p["batch"] if train else 1, num_workers=0, persistent_workers=False,
                     sampler=dict(type="InfiniteSampler" if train and not paper else "DefaultSampler",
                                  shuffle=train),
                     batch_sampler=dict(type="AspectRatioBatchSampler") if train and paper else None,
-                    dataset=dict(type="CocoDataset", data_root=root,
-                                 ann_file=str(ann.relative_to(root)),
-                                 data_prefix=dict(img=f"{split}/"),
+                    dataset=dict(type=dataset, data_root=root, ann_file=str(ann.relative_to(root)),
+                                 data_prefix=prefix,
                                  filter_cfg=dict(filter_empty_gt=True, min_size=4) if train else None,
                                  pipeline=train_pipeline if train else test_pipeline,
                                  test_mode=not train))
@@ -145,8 +157,7 @@ def build_config(cell: Cell) -> dict[str, Any]:
         model=model,
         train_dataloader=loader("train2017", train_ann, True),
         val_dataloader=loader("val2017", val_ann, False),
-        val_evaluator=dict(type="CocoInstanceMetric", ann_file=str(val_ann), metric=["bbox", "segm"],
-                           format_only=False),
+        val_evaluator=evaluator,
         train_cfg=loop,
         val_cfg=dict(type="ValLoop"),
         optim_wrapper=dict(type="OptimWrapper",

@@ -68,3 +68,41 @@ def test_coco_box_ap_against_pycocotools(tmp_path):
     assert evaluate([[10, 10, 40, 40], [60, 60, 90, 90]], [0.9, 0.8]) == pytest.approx(1.0)
     # One box found: recall 0.5 at every threshold -> COCO's 101-point AP = 51/101.
     assert evaluate([[10, 10, 40, 40]], [0.9]) == pytest.approx(round(51 / 101, 3), abs=1e-3)
+
+
+def test_panoptic_quality_on_known_segments():
+    from tasks.panoptic import PanopticQuality, rgb2id
+
+    metric = PanopticQuality(num_things=2, num_stuff=1)  # labels 0, 1 things; 2 stuff
+    # Ground truth 4x4: segment 1 = thing 0 (left half), 2 = stuff 2 (right half, 2 rows),
+    # 3 = crowd of thing 1 (bottom-right 2x2), void nowhere.
+    gt = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 3, 3], [1, 1, 3, 3]])
+    segments = {1: (0, False), 2: (2, False), 3: (1, True)}
+    # Prediction: thing 0 instance 1 covers 6 of the 8 left pixels (IoU 6/8 > 0.5: TP);
+    # stuff 2 covers its 4 pixels exactly plus 2 left pixels (IoU 4/6: TP);
+    # thing 1 instance 2 lies on the crowd region of its class (not an FP).
+    off = 1000
+    pred = np.array([[1 * off + 0, 1 * off + 0, 2, 2],
+                     [1 * off + 0, 1 * off + 0, 2, 2],
+                     [1 * off + 0, 1 * off + 0, 2 * off + 1, 2 * off + 1],
+                     [2, 2, 2 * off + 1, 2 * off + 1]])
+    stats = metric.match(pred, gt, segments)
+    assert stats[0].tolist() == [1, 0, 0, pytest.approx(6 / 8)]
+    assert stats[2].tolist() == [1, 0, 0, pytest.approx(4 / 6)]
+    assert stats[1].tolist() == [0, 0, 0, 0]
+    result = metric.compute_metrics([stats])
+    assert result["PQ"] == pytest.approx(100 * (6 / 8 + 4 / 6) / 2)
+    assert result["RQ"] == pytest.approx(100.0)
+    assert result["PQ_th"] == pytest.approx(75.0) and result["PQ_st"] == pytest.approx(400 / 6)
+
+    # A missed segment and a wrong prediction: FN and FP halve RQ.
+    pred_bad = np.full((4, 4), 2)  # everything predicted as stuff 2
+    stats = metric.match(pred_bad, gt, segments)
+    # stuff: IoU = 4 / (16 - 4 crowd... ) -> pred area 16, gt 4, inter 4, void 0 -> 0.25: FP+FN
+    assert stats[2].tolist() == [0, 1, 1, 0]
+    assert stats[0].tolist() == [0, 0, 1, 0]
+    assert metric.compute_metrics([stats])["PQ"] == 0.0
+
+    rgb = np.zeros((1, 2, 3), np.uint8)
+    rgb[0, 1] = (1, 2, 3)
+    assert rgb2id(rgb).tolist() == [[0, 1 + 2 * 256 + 3 * 65536]]

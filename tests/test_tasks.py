@@ -178,6 +178,16 @@ def test_pose_cell_learns(tmp_path):
 
 
 @pytest.mark.slow
+def test_panoptic_cell_learns(tmp_path):
+    coco = generate("coco_panoptic", tmp_path / "pan", seed=0, train=32, val=8)
+    untrained, _ = train(tmp_path, "coco_panoptic", coco, backbone="convnext-micro", iters=0,
+                         name="untrained")
+    trained, _ = train(tmp_path, "coco_panoptic", coco, backbone="convnext-micro", iters=40,
+                       name="trained")
+    assert trained["metrics"]["coco_panoptic/PQ"] > untrained["metrics"]["coco_panoptic/PQ"] + 2
+
+
+@pytest.mark.slow
 def test_instance_segmentation_cell_runs_end_to_end(tmp_path):
     coco = generate("coco_instance", tmp_path / "coco", seed=0, train=8, val=4)
     result, out = train(tmp_path, "coco_instance", coco, backbone="convnext-micro", iters=4)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from .writers import (fingerprint, write_ade20k, write_cifar100, write_coco_instances, write_coco_keypoints,
+                      write_coco_panoptic,
                       write_food101,
                       write_imagenet_r,
                       write_loveda, write_potsdam, write_source, write_svhn)
@@ -22,6 +23,7 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "source": write_source,
     "coco_instance": write_coco_instances,
     "coco_pose": write_coco_keypoints,
+    "coco_panoptic": write_coco_panoptic,
 }
 
 

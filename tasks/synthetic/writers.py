@@ -296,3 +296,65 @@ def _coco_keypoint_names() -> list[str]:
     sides = ("left", "right")
     parts = ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
     return ["nose"] + [f"{s}_{p}" for p in parts for s in sides]
+
+
+# COCO panoptic's 53 stuff categories keep their official ids, in mmdet's class order.
+COCO_STUFF_IDS = [92, 93, 95, 100, 107, 109, 112, 118, 119, 122, 125, 128, 130, 133, 138, 141,
+                  144, 145, 147, 148, 149, 151, 154, 155, 156, 159, 161, 166, 168, 171, 175, 176,
+                  177, 178, 180, 181, 184, 185, 186, 187, 188, 189, 190, 191, 192, 193, 194, 195,
+                  196, 197, 198, 199, 200]
+PANOPTIC_STUFF = [39, 45, 20, 23]  # sky-other-merged, grass-merged, road, sea
+
+
+def write_coco_panoptic(root: str | Path, seed: int = 0, train: int = 64, val: int = 16,
+                        size: int = 128) -> Path:
+    """COCO panoptic layout: {train,val}2017/*.jpg, annotations/panoptic_{split}.json and
+    annotations/panoptic_{split}/*.png (segment id = R + 256 G + 256^2 B, 0 = void)."""
+    import json
+
+    from mmdet.datasets import CocoPanopticDataset
+
+    meta = CocoPanopticDataset.METAINFO
+    assert len(COCO_STUFF_IDS) == len(meta["stuff_classes"]) == 53
+    categories = [{"id": i, "name": n, "supercategory": "thing", "isthing": 1}
+                  for i, n in zip(COCO_IDS, meta["thing_classes"])]
+    categories += [{"id": i, "name": n, "supercategory": "stuff", "isthing": 0}
+                   for i, n in zip(COCO_STUFF_IDS, meta["stuff_classes"])]
+    base = Path(root) / "coco"
+    styles = class_styles(133, seed=5)
+    rng = np.random.default_rng(seed)
+    stuff = [80 + s for s in PANOPTIC_STUFF]
+    for split, count, offset in (("train2017", train, 0), ("val2017", val, 1_000_000)):
+        (base / split).mkdir(parents=True, exist_ok=True)
+        png_dir = base / "annotations" / f"panoptic_{split}"
+        png_dir.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(1, count + 1):
+            image, labels, objects = draw_scene(rng, size, size, styles, stuff, COCO_THINGS)
+            image_id = offset + i
+            stem = f"{image_id:012d}"
+            Image.fromarray(image).save(base / split / f"{stem}.jpg", quality=95)
+            ids = np.zeros((size, size), np.int64)
+            segments = []
+            regions = [(80 + s, labels == 80 + s) for s in PANOPTIC_STUFF]
+            regions += [(obj.label, obj.mask) for obj in objects]
+            for n, (cls, mask) in enumerate(regions, start=1):
+                mask = mask & (ids == 0)
+                if mask.sum() == 0:
+                    continue
+                ys, xs = np.nonzero(mask)
+                seg_id = n * 37  # spread ids over the colour space
+                ids[mask] = seg_id
+                segments.append({
+                    "id": seg_id, "iscrowd": 0, "area": int(mask.sum()),
+                    "category_id": COCO_IDS[cls] if cls < 80 else COCO_STUFF_IDS[cls - 80],
+                    "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                             int(ys.max() - ys.min() + 1)]})
+            rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+            Image.fromarray(rgb).save(png_dir / f"{stem}.png")
+            images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": size, "width": size})
+            annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
+                                "segments_info": segments})
+        (base / "annotations" / f"panoptic_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories}))
+    return base
