@@ -145,8 +145,8 @@ def build_config(cell: Cell) -> dict[str, Any]:
         optim_wrapper=dict(type="OptimWrapper",
                            optimizer=dict(type="AdamW", lr=lr, betas=(0.9, 0.999), weight_decay=0.01)),
         param_scheduler=[
-            dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=p["warmup"]),
-            dict(type="PolyLR", eta_min=0.0, power=1.0, begin=p["warmup"], end=p["iters"],
-                 by_epoch=False),
-        ],
+            dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0,
+                 end=max(1, min(p["warmup"], p["iters"]))),
+        ] + ([dict(type="PolyLR", eta_min=0.0, power=1.0, begin=p["warmup"], end=p["iters"],
+                   by_epoch=False)] if p["iters"] > p["warmup"] else []),
     )
