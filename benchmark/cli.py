@@ -97,6 +97,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from tasks.classification import make_imagenet_r_split
+
+    from .io import write_json_atomic
+
+    split = make_imagenet_r_split(args.data, args.train, args.test, args.seed)
+    write_json_atomic(args.out, split)
+    print(f"ImageNet-R split: {len(split['train'])} train / {len(split['test'])} test -> {args.out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tasks.cell import Cell
 
@@ -174,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, help="validation images")
     p.add_argument("--size", type=int, help="image side in pixels")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("split-imagenet-r", help="write the paper's 24,000 / 6,000 ImageNet-R "
+                                                "split of a release folder")
+    p.add_argument("--data", required=True, help="folder holding imagenet-r/")
+    p.add_argument("--out", required=True, help="split JSON (e.g. DATA/imagenet-r/split.json)")
+    p.add_argument("--train", type=int, default=24_000)
+    p.add_argument("--test", type=int, default=6_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train and evaluate one cell; write its result JSON")
     p.add_argument("--task", required=True, metavar="T")

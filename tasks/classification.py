@@ -149,6 +149,23 @@ class ImageNetR(_FolderDataset):
         self._load(base, files, classes, size, train, split_path)
 
 
+def make_imagenet_r_split(data_root: str, train: int = 24_000, test: int = 6_000,
+                          seed: int = 0) -> dict[str, list[str]]:
+    """The paper's ImageNet-R split from a release folder: every image listed in sorted
+    order, shuffled with ``seed``, the first ``train`` for training and the next ``test``."""
+    base = Path(data_root) / "imagenet-r"
+    if not base.is_dir():
+        raise DataFormatError(f"ImageNet-R folder not found: expected {base}")
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    files = sorted(str(p.relative_to(base)) for c in classes for p in (base / c).iterdir()
+                   if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if len(files) < train + test:
+        raise DataFormatError(f"{base}: {len(files)} images, fewer than {train} + {test}")
+    order = np.random.default_rng(seed).permutation(len(files))
+    return {"classes": classes, "train": [files[i] for i in order[:train]],
+            "test": [files[i] for i in order[train:train + test]]}
+
+
 @MODELS.register_module()
 class PooledClassifier(BaseModel):
     """Backbone (with its PEFT method) -> pooled features -> BatchNorm1d(affine=False) -> Linear."""

@@ -247,3 +247,20 @@ def test_every_method_runs_in_every_task_family(tmp_path, tiny_data, task):
                 assert not (tmp_path / f"{method}-{backbone}.json").exists()
             else:
                 assert code == 0, (task, method, backbone)
+
+
+def test_imagenet_r_split_command(tmp_path, data, capsys):
+    out = tmp_path / "split.json"
+    assert main(["split-imagenet-r", "--data", str(data["imagenet_r"]), "--out", str(out),
+                 "--train", "200", "--test", "100"]) == 0
+    split = json.loads(out.read_text())
+    assert len(split["train"]) == 200 and len(split["test"]) == 100
+    assert not set(split["train"]) & set(split["test"])
+    again = tmp_path / "again.json"
+    main(["split-imagenet-r", "--data", str(data["imagenet_r"]), "--out", str(again),
+          "--train", "200", "--test", "100"])
+    assert again.read_text() == out.read_text()
+    assert main(["split-imagenet-r", "--data", str(data["imagenet_r"]), "--out",
+                 str(tmp_path / "big.json")]) == 2
+    assert "fewer than 24000 + 6000" in capsys.readouterr().err
+    assert not (tmp_path / "big.json").exists()
