@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import timm
@@ -72,3 +73,9 @@ def create_backbone(name: str, *, device: str | torch.device | None = None,
     model = timm.create_model(spec.arch, pretrained=False, num_classes=num_classes,
                               drop_path_rate=drop_path_rate, device=device, **kwargs)
     return HOSTS[spec.family](model, spec.name, dense=dense)
+
+
+@lru_cache(maxsize=None)
+def stage_dims(name: str) -> tuple[int, ...]:
+    """Channel width of each stage (counted on the meta device)."""
+    return tuple(s.dim for s in create_backbone(name, device="meta").stages)

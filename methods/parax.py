@@ -280,10 +280,9 @@ class ParaX(PEFTMethod):
         cfg = ParaXConfig()
         # The released r = 128 assumes stages of >= 128 channels (true of every paper
         # backbone); the -micro backbones (16-64 channels) get r = their narrowest stage.
-        from .backbones import create_backbone
+        from .backbones import stage_dims
 
-        narrowest = min(s.dim for s in create_backbone(backbone.name, device="meta").stages)
-        cfg.bottleneck = min(cfg.bottleneck, narrowest)
+        cfg.bottleneck = min(cfg.bottleneck, min(stage_dims(backbone.name)))
         if task is None:
             return cfg
         if backbone.family == "convnext" and task.kind == "semantic_segmentation":

@@ -32,9 +32,9 @@ class Cell:
                     drop_path_rate=drop_path)
 
     def stage_dims(self) -> list[int]:
-        from methods import create_backbone
+        from methods.backbones import stage_dims
 
-        return [s.dim for s in create_backbone(self.backbone, device="meta").stages]
+        return list(stage_dims(self.backbone))
 
     def config_hash(self) -> str:
         """Identity of what is computed (not where): paths are left out."""

@@ -18,14 +18,21 @@ ADE20K_STUFF = [3, 10, 7, 22]  # sky, grass, road, water
 ADE20K_THINGS = [13, 21, 5, 20, 16]  # person, car, tree, chair, table
 
 
+CONTENT_HASH_LIMIT = 256 * 2**20  # bytes; larger datasets are fingerprinted by name and size
+
+
 def fingerprint(root: str | Path) -> str:
-    """sha256 over every file's relative path and bytes, in sorted order."""
+    """sha256 over every file's relative path and bytes, in sorted order; for datasets over
+    CONTENT_HASH_LIMIT (the real ones) over paths and sizes only, prefixed 'meta:'."""
     root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    sizes = [p.stat().st_size for p in files]
+    by_content = sum(sizes) <= CONTENT_HASH_LIMIT
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path, size in zip(files, sizes):
         digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+        digest.update(path.read_bytes() if by_content else str(size).encode())
+    return digest.hexdigest() if by_content else "meta:" + digest.hexdigest()
 
 
 def _write_segmentation(base: Path, seed: int, splits: dict[str, int], size: int,
