@@ -188,6 +188,24 @@ def test_panoptic_cell_learns(tmp_path):
 
 
 @pytest.mark.slow
+def test_instance_segmentation_cell_learns_from_a_pretrained_backbone(tmp_path):
+    source = generate("source", tmp_path / "source", seed=0)
+    ckpt = tmp_path / "convnext-micro.pth"
+    assert main(["pretrain", "--backbone", "convnext-micro", "--data", str(source),
+                 "--out", str(ckpt)]) == 0
+    coco = generate("coco_instance", tmp_path / "coco", seed=0)
+
+    def cell(iters, name):
+        c = Cell(task="coco_instance", backbone="convnext-micro", method="parax",
+                 data_root=str(coco), work_dir=str(tmp_path / f"{name}.work"), iters=iters,
+                 pretrained=str(ckpt))
+        return runner_module.run_cell(c, tmp_path / f"{name}.json")["metrics"]
+
+    untrained, trained = cell(0, "untrained"), cell(100, "trained")
+    assert trained["coco/bbox_mAP_50"] > untrained["coco/bbox_mAP_50"] + 0.02
+
+
+@pytest.mark.slow
 def test_instance_segmentation_cell_runs_end_to_end(tmp_path):
     coco = generate("coco_instance", tmp_path / "coco", seed=0, train=8, val=4)
     result, out = train(tmp_path, "coco_instance", coco, backbone="convnext-micro", iters=4)
