@@ -106,3 +106,33 @@ def test_panoptic_quality_on_known_segments():
     rgb = np.zeros((1, 2, 3), np.uint8)
     rgb[0, 1] = (1, 2, 3)
     assert rgb2id(rgb).tolist() == [[0, 1 + 2 * 256 + 3 * 65536]]
+
+
+def test_keypoint_ap_on_known_poses(tmp_path):
+    """mmpose's CocoMetric (xtcocotools OKS): exact keypoints score AP 1, far-off ones 0."""
+    from mmpose.datasets import CocoDataset
+    from mmpose.datasets.datasets.utils import parse_pose_metainfo
+    from mmpose.evaluation import CocoMetric
+
+    rng = np.random.default_rng(0)
+    kps = np.concatenate([rng.uniform(20, 80, (17, 2)), np.full((17, 1), 2)], 1)
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 100, "width": 100}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                           "bbox": [20, 20, 60, 60], "area": 3600, "num_keypoints": 17,
+                           "keypoints": kps.reshape(-1).tolist()}],
+          "categories": [{"id": 1, "name": "person"}]}
+    ann = tmp_path / "kp.json"
+    ann.write_text(json.dumps(gt))
+
+    def evaluate(points):
+        metric = CocoMetric(ann_file=str(ann), outfile_prefix=str(tmp_path / "out"))
+        metric.dataset_meta = parse_pose_metainfo(CocoDataset.METAINFO)
+        sample = {"id": 1, "img_id": 1, "category_id": 1, "gt_instances": {},
+                  "pred_instances": {"keypoints": points[None, :, :2],
+                                     "keypoint_scores": np.ones((1, 17)),
+                                     "bbox_scores": np.ones(1)}}
+        metric.process([], [sample])
+        return metric.compute_metrics(metric.results)["AP"]
+
+    assert evaluate(kps) == pytest.approx(1.0)
+    assert evaluate(kps + 40) == pytest.approx(0.0)
