@@ -20,10 +20,6 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _format_width(width: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in width.items()) or "-"
-
-
 def cmd_methods(args: argparse.Namespace) -> int:
     from methods import available_methods
 
@@ -51,7 +47,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     frame = pd.DataFrame([{
         "backbone": r.backbone, "method": r.method, "task": r.task,
         **({"budget_target": r.budget_target} if budget else {}),
-        "width": _format_width(r.width),
+        "width": r.width_text,
         "trainable_backbone_params": r.trainable_backbone_params,
         "params_m": round(r.params_m, 2),
         "reported_params_m": r.reported_params_m,

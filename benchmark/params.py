@@ -24,6 +24,10 @@ class ParamRow:
     budget_target: int | None = None
 
     @property
+    def width_text(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.width.items()) or "-"
+
+    @property
     def params_m(self) -> float:
         return self.trainable_backbone_params / 1e6
 

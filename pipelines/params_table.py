@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in skipped:
         print(f"[params_table] skipped: {note}", flush=True)
     records = [r.as_dict() for r in rows]
-    frame = pd.DataFrame(records)
-    frame["width"] = frame["width"].map(lambda w: " ".join(f"{k}={v}" for k, v in w.items()))
+    frame = pd.DataFrame([{**record, "width": row.width_text} for record, row in zip(records, rows)])
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
     out = Path(args.out)
