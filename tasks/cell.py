@@ -40,3 +40,19 @@ class Cell:
         """Identity of what is computed (not where): paths are left out."""
         key = {k: v for k, v in asdict(self).items() if k not in ("data_root", "work_dir")}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def warmup_multistep(cell: Cell, profile: dict[str, Any],
+                     milestones: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(train loop, LR schedule): the paper's epoch schedule (linear warm-up over
+    ``profile['warmup']`` iterations, steps at ``milestones``) or, for mini, a short
+    iteration schedule with the same warm-up. Validation runs once, after training."""
+    warmup = dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0,
+                  end=profile["warmup"])
+    if cell.profile == "paper":
+        epochs = profile["epochs"]
+        return (dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_begin=epochs + 1),
+                [warmup, dict(type="MultiStepLR", begin=0, end=epochs, by_epoch=True,
+                              milestones=milestones, gamma=0.1)])
+    iters = cell.iters if cell.iters is not None else profile["iters"]
+    return dict(type="IterBasedTrainLoop", max_iters=iters, val_begin=iters + 1), [warmup]

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .cell import Cell
+from .cell import Cell, warmup_multistep
 from .registry import DataFormatError
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
@@ -141,17 +141,7 @@ def coco_config(cell: Cell, model: dict[str, Any], dataset: str, train_ann: Path
                                  pipeline=train_pipeline if train else test_pipeline,
                                  test_mode=not train))
 
-    if paper:
-        loop = dict(type="EpochBasedTrainLoop", max_epochs=p["epochs"], val_begin=p["epochs"] + 1)
-        schedule = [dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0,
-                         end=p["warmup"]),
-                    dict(type="MultiStepLR", begin=0, end=p["epochs"], by_epoch=True,
-                         milestones=[8, 11], gamma=0.1)]
-    else:
-        iters = cell.iters if cell.iters is not None else p["iters"]
-        loop = dict(type="IterBasedTrainLoop", max_iters=iters, val_begin=iters + 1)
-        schedule = [dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0,
-                         end=p["warmup"])]
+    loop, schedule = warmup_multistep(cell, p, milestones=[8, 11])
     return dict(
         default_scope="mmdet",
         model=model,
