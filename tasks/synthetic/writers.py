@@ -195,6 +195,13 @@ def _coco_categories() -> list[dict]:
     return [{"id": i, "name": n, "supercategory": "thing"} for i, n in zip(COCO_IDS, names)]
 
 
+def _bbox(mask: np.ndarray) -> list[float]:
+    """COCO box [x, y, w, h] of a mask's pixels."""
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+            float(ys.max() - ys.min() + 1)]
+
+
 def _polygons(mask: np.ndarray) -> list[list[float]]:
     import cv2
 
@@ -228,7 +235,6 @@ def write_coco_instances(root: str | Path, seed: int = 0, train: int = 64, val: 
             Image.fromarray(image).save(base / split / file_name, quality=95)
             images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
             for obj in objects:
-                ys, xs = np.nonzero(obj.mask)
                 polygons = _polygons(obj.mask)
                 if not polygons:
                     continue
@@ -239,8 +245,7 @@ def write_coco_instances(root: str | Path, seed: int = 0, train: int = 64, val: 
                     segmentation = polygons
                 annotations.append({
                     "id": ann_id, "image_id": image_id, "category_id": COCO_IDS[obj.label],
-                    "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-                             float(ys.max() - ys.min() + 1)],
+                    "bbox": _bbox(obj.mask),
                     "area": float(obj.mask.sum()), "iscrowd": 0, "segmentation": segmentation})
                 ann_id += 1
         (base / "annotations").mkdir(exist_ok=True)
@@ -281,14 +286,12 @@ def write_coco_keypoints(root: str | Path, seed: int = 0, train: int = 96, val: 
             Image.fromarray(image).save(base / split / file_name, quality=95)
             images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
             for obj in objects:
-                ys, xs = np.nonzero(obj.mask)
                 kps = obj.keypoints.copy()
                 inside = (kps[:, 0] >= 0) & (kps[:, 0] < size) & (kps[:, 1] >= 0) & (kps[:, 1] < size)
                 kps[~inside] = 0  # outside the image: not labelled
                 annotations.append({
                     "id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                    "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-                             float(ys.max() - ys.min() + 1)],
+                    "bbox": _bbox(obj.mask),
                     "area": float(obj.mask.sum()), "segmentation": _polygons(obj.mask),
                     "keypoints": [round(float(v), 2) for v in kps.reshape(-1)],
                     "num_keypoints": int((kps[:, 2] > 0).sum())})
@@ -349,14 +352,12 @@ def write_coco_panoptic(root: str | Path, seed: int = 0, train: int = 64, val: i
                 mask = mask & (ids == 0)
                 if mask.sum() == 0:
                     continue
-                ys, xs = np.nonzero(mask)
                 seg_id = n * 37  # spread ids over the colour space
                 ids[mask] = seg_id
                 segments.append({
                     "id": seg_id, "iscrowd": 0, "area": int(mask.sum()),
                     "category_id": COCO_IDS[cls] if cls < 80 else COCO_STUFF_IDS[cls - 80],
-                    "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                             int(ys.max() - ys.min() + 1)]})
+                    "bbox": _bbox(mask)})
             rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
             Image.fromarray(rgb).save(png_dir / f"{stem}.png")
             images.append({"id": image_id, "file_name": f"{stem}.jpg", "height": size, "width": size})
