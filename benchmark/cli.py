@@ -107,14 +107,18 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tasks.cell import Cell
 
+    from .budget import parse_budget
+    from .params import sized_options
     from .runner import run_cell
 
     out = Path(args.out)
+    budget = parse_budget(args.budget) if args.budget else None
+    options = sized_options(args.backbone, args.method, args.task, _parse_set(args.set), budget)
     cell = Cell(task=args.task, backbone=args.backbone, method=args.method, data_root=args.data,
                 work_dir=args.work_dir or str(out.with_suffix("")) + ".work", seed=args.seed,
-                profile=args.profile, options=_parse_set(args.set), pretrained=args.pretrained,
-                iters=args.iters)
-    result = run_cell(cell, out)
+                profile=args.profile, options=options, pretrained=args.pretrained,
+                iters=args.iters, budget=args.budget)
+    result = run_cell(cell, out, launcher=args.launcher)
     metrics = " ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
     print(f"{cell.task} {cell.backbone} {cell.method} seed {cell.seed}: {metrics} "
           f"({result['wall_time_s']:.0f}s) -> {out}")
@@ -128,7 +132,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     cell = Cell(task="cifar100", backbone=args.backbone, method="full", data_root=args.data,
-                work_dir=str(out.with_suffix("")) + ".work", seed=args.seed, iters=args.iters)
+                work_dir=args.work_dir or str(out.with_suffix("")) + ".work", seed=args.seed,
+                iters=args.iters)
     result = run_cell(cell, out.with_suffix(".json"), export_backbone=out)
     print(f"pretrained {args.backbone}: source top1={result['metrics']['top1']:.2f} -> {out}")
     return 0
@@ -201,8 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=("mini", "paper"), default="mini")
     p.add_argument("--iters", type=int, help="override the profile's schedule length")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--budget", metavar="B", help="size the method's width knob to a budget "
+                                                 "(as in `params --budget`)")
     p.add_argument("--pretrained", help="backbone checkpoint (release naming)")
     p.add_argument("--work-dir", help="checkpoints and logs (default: next to --out)")
+    p.add_argument("--launcher", choices=("none", "pytorch"), default="none",
+                   help="pytorch: one process of a torchrun job (DDP; rank 0 writes the result)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pretrain", help="pretrain a backbone on a synthetic source task "
@@ -212,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint path (.pth); a result JSON goes beside it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iters", type=int, default=600)
+    p.add_argument("--work-dir", help="checkpoints and logs (default: next to --out)")
     p.set_defaults(func=cmd_pretrain)
     return parser
 

@@ -66,6 +66,18 @@ def count_row(backbone: str, method: str, task: str | None = None,
     )
 
 
+def sized_options(backbone: str, method: str, task: str, overrides: dict[str, Any],
+                  budget: Budget | None) -> dict[str, Any]:
+    """A cell's method options: the overrides plus, under a budget, the solved width knob.
+
+    A knob the overrides set explicitly (an ablation's bottleneck) is kept as given.
+    """
+    knob = get_method(method).config_class.budget_knob()
+    if budget is None or knob is None or knob[0] in overrides:
+        return dict(overrides)
+    return {**overrides, **count_row(backbone, method, task, overrides, budget).width}
+
+
 def param_table(backbones: Iterable[str], methods: Iterable[str], tasks: Iterable[str | None],
                 overrides: dict[str, Any] | None = None,
                 budget: Budget | None = None) -> tuple[list[ParamRow], list[str]]:

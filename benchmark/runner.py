@@ -7,6 +7,7 @@ import resource
 import subprocess
 import time
 import uuid
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def _register_exact_resume() -> None:
             return self.runner.model
 
 
-def _task_config(cell: Cell) -> dict[str, Any]:
+def task_config(cell: Cell) -> dict[str, Any]:
     from tasks import classification, detection, panoptic, pose, segmentation
 
     builders = {"coco_instance": detection.build_config, "coco_pose": pose.build_config,
@@ -91,32 +92,71 @@ def _git() -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
+def per_process_batch(global_batch: int, world_size: int) -> int:
+    """Each DDP process loads global batch / world size, so every world size trains on the
+    same global batch (the samplers deal rank r the items r::world of one seeded order)."""
+    if global_batch % world_size:
+        raise ValueError(f"the training batch of {global_batch} does not divide evenly over "
+                         f"{world_size} processes; choose a process count that divides it")
+    return global_batch // world_size
+
+
+def _setup_distributed(cfg: dict[str, Any], cuda: bool) -> None:
+    """DDP settings for launcher "pytorch". On CUDA, BatchNorm becomes SyncBatchNorm so batch
+    statistics cover the global batch; torch's SyncBatchNorm refuses CPU tensors, so CPU runs
+    keep per-process statistics. On CPU two mmengine defaults fail: its init_dist always
+    calls torch.cuda.set_device (so the gloo group is joined here, from torchrun's
+    environment, and the runner finds it initialised), and its DDP wrapper passes
+    ``device_ids``, which torch refuses for CPU modules."""
+    if cuda:
+        cfg["sync_bn"] = "torch"
+        return
+    cfg["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", device_ids=None,
+                                    forward_sync_buffers=False)  # as mmengine's default
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+
+
 def run_cell(cell: Cell, out: str | os.PathLike,
-             export_backbone: str | os.PathLike | None = None) -> dict[str, Any]:
+             export_backbone: str | os.PathLike | None = None,
+             launcher: str = "none") -> dict[str, Any]:
     """Train and evaluate ``cell``; write the result JSON to ``out`` (atomically) and return it.
 
     ``export_backbone``: also save the trained backbone in the release naming, loadable as a
     pretrained checkpoint (the mini profile's stand-in for ImageNet pretraining).
+    ``launcher``: "none" (one process) or "pytorch" (one process of a torchrun job, joining
+    the process group from torchrun's environment). Under DDP every rank returns the result;
+    only rank 0 writes files (checkpoints too: mmengine saves them on rank 0).
     """
     import tasks.backbone  # noqa: F401  (registers ParaXBackbone)
     import tasks.classification  # noqa: F401  (registers datasets, model, metric)
     from mmengine.config import Config
+    from mmengine.dist import get_dist_info
+    from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
+
+    if launcher not in ("none", "pytorch"):
+        raise ValueError(f"launcher must be 'none' or 'pytorch', got {launcher!r}")
 
     data_root = Path(cell.data_root)
     if not data_root.is_dir():
         raise FileNotFoundError(f"data directory not found: {data_root}")
-    cfg = _task_config(cell)
+    cfg = task_config(cell)
     iteration_based = cfg["train_cfg"]["type"] == "IterBasedTrainLoop"
     if iteration_based:
         _register_exact_resume()
         cfg["train_cfg"]["type"] = "ExactResumeIterLoop"
         cfg.setdefault("custom_hooks", []).append(dict(type="RNGStateHook"))
     max_iters = cfg["train_cfg"].get("max_iters")
+    cuda = torch.cuda.is_available()
+    if launcher == "pytorch":
+        _setup_distributed(cfg, cuda)
     cfg.update(
-        work_dir=cell.work_dir,
+        # checkpoints of another configuration in the same folder are never resumed from
+        work_dir=str(Path(cell.work_dir) / cell.config_hash()),
         randomness=dict(seed=cell.seed, deterministic=False),
-        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo")),
+        launcher=launcher,
+        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if cuda else "gloo")),
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=False),
@@ -137,6 +177,9 @@ def run_cell(cell: Cell, out: str | os.PathLike,
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     try:
         runner = Runner.from_cfg(Config(cfg))
+        rank, world_size = get_dist_info()
+        train_loader = runner._train_dataloader  # a config until train() builds it
+        train_loader["batch_size"] = per_process_batch(train_loader["batch_size"], world_size)
         if max_iters != 0:  # zero iterations: evaluate the untrained model
             runner.train()
         metrics = {k: float(v) for k, v in runner.val_loop.run().items()}
@@ -146,8 +189,9 @@ def run_cell(cell: Cell, out: str | os.PathLike,
         else:
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
     wall = time.monotonic() - start
-    host = runner.model.backbone.host
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    host = model.backbone.host
+    device = "cuda" if cuda else "cpu"
     result = {
         "cell": {k: v for k, v in vars(cell).items() if k != "work_dir"},
         "config_hash": cell.config_hash(),
@@ -162,8 +206,10 @@ def run_cell(cell: Cell, out: str | os.PathLike,
         "versions": {p: version(p) for p in PACKAGES},
         "git": _git(),
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "world_size": world_size,
+        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    if export_backbone is not None:
+    if rank == 0 and export_backbone is not None:
         import io
 
         from methods.checkpoints import export_official
@@ -173,5 +219,8 @@ def run_cell(cell: Cell, out: str | os.PathLike,
         buf = io.BytesIO()
         torch.save(export_official(host), buf)
         write_bytes_atomic(export_backbone, buf.getvalue())
-    write_json_atomic(out, result)
+    if rank == 0:
+        write_json_atomic(out, result)
+    if launcher == "pytorch":  # leave the group on every rank (NCCL warns at exit otherwise)
+        torch.distributed.destroy_process_group()
     return result

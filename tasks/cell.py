@@ -21,6 +21,7 @@ class Cell:
     options: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     iters: int | None = None  # override the profile's schedule length
+    budget: str | None = None  # the budget that sized ``options`` (a record; options hold the width)
 
     def __post_init__(self):
         if self.profile not in PROFILES:

@@ -67,6 +67,16 @@ def narrow(cfg: Any, width: int, fc: int) -> Any:
     return cfg
 
 
+def lighten(model: dict[str, Any]) -> dict[str, Any]:
+    """Mini profile: fewer proposals and sampled RoIs and a two-conv mask head, so that a
+    Mask R-CNN cell trains in well under a minute on two CPU cores."""
+    model["train_cfg"]["rpn_proposal"].update(nms_pre=400, max_per_img=200)
+    model["train_cfg"]["rcnn"]["sampler"]["num"] = 128
+    model["test_cfg"]["rpn"].update(nms_pre=300, max_per_img=100)
+    model["roi_head"]["mask_head"]["num_convs"] = 2
+    return model
+
+
 def check_coco(root: str, split: str, kind: str = "instances") -> Path:
     """The annotation file (``annotations/{kind}_{split}.json``) parses as COCO and every
     image it lists exists."""
@@ -98,6 +108,8 @@ def build_config(cell: Cell) -> dict[str, Any]:
     train_ann = check_coco(cell.data_root, "train2017")
     val_ann = check_coco(cell.data_root, "val2017")
     model = narrow(mmdet_model("_base_/models/mask-rcnn_r50_fpn.py"), p["width"], p["fc"])
+    if cell.profile == "mini":
+        model = lighten(model)
     load = dict(type="LoadAnnotations", with_bbox=True, with_mask=True)
     evaluator = dict(type="CocoInstanceMetric", ann_file=str(val_ann), metric=["bbox", "segm"])
     return coco_config(cell, model, "CocoDataset", train_ann, val_ann, load, evaluator)

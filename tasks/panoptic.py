@@ -19,7 +19,7 @@ from mmengine.registry import METRICS
 from PIL import Image
 
 from .cell import Cell
-from .detection import PROFILES, coco_config, mmdet_model, narrow
+from .detection import PROFILES, coco_config, lighten, mmdet_model, narrow
 from .registry import DataFormatError
 
 INSTANCE_OFFSET = 1000  # mmdet's panoptic id = instance * 1000 + label
@@ -155,6 +155,7 @@ def build_config(cell: Cell) -> dict[str, Any]:
     val_ann = check_panoptic(cell.data_root, "val2017")
     model = narrow(mmdet_model("panoptic_fpn/panoptic-fpn_r50_fpn_1x_coco.py"), p["width"], p["fc"])
     if cell.profile == "mini":  # tiny images: keep small stuff regions
+        model = lighten(model)
         model["test_cfg"]["panoptic"]["stuff_area_limit"] = 64
     _register_transform()
     load = dict(type="LoadPanopticPNG", with_bbox=True, with_mask=True, with_seg=True)

@@ -83,23 +83,28 @@ def test_kill_after_checkpoint_and_resume_gives_identical_metrics(tmp_path, data
                 raise Killed("simulated kill")
 
     straight, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="straight")
-    original = runner_module._task_config
+    original = runner_module.task_config
 
     def with_kill(cell):
         cfg = original(cell)
         cfg.setdefault("custom_hooks", []).append(dict(type="KillAtIter"))
         return cfg
 
-    monkeypatch.setattr(runner_module, "_task_config", with_kill)
+    monkeypatch.setattr(runner_module, "task_config", with_kill)
     work = tmp_path / "resumed.work"
     with pytest.raises(Killed):
         train(tmp_path, "cifar100", data["cifar100"], iters=20, name="resumed", work_dir=work)
     assert not (tmp_path / "resumed.json").exists()
-    assert (work / "iter_10.pth").exists()
-    monkeypatch.setattr(runner_module, "_task_config", original)
+    [checkpoint] = work.glob("*/iter_10.pth")  # work_dir/CONFIG_HASH/
+    monkeypatch.setattr(runner_module, "task_config", original)
     resumed, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="resumed",
                        work_dir=work)
     assert resumed["metrics"] == straight["metrics"]
+    assert checkpoint.parent.name == resumed["config_hash"]
+    # Another configuration in the same work folder starts afresh instead of resuming.
+    other, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="other",
+                     work_dir=work, seed=1)
+    assert (work / other["config_hash"] / "iter_20.pth").exists()
 
 
 def _copy(src, dst):

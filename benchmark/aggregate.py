@@ -1,0 +1,325 @@
+"""Aggregation of cell results: mean ± std over seeds in the paper's table layouts, the paper's
+figures beside ours, a cross-task mean rank, params-vs-score points, provenance.
+
+The output (``tables.json``) is what the leaderboard renders; every section is also written
+as CSV and markdown. Metrics are put on the paper's scale (COCO APs in percent).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from methods import get_backbone, get_method
+from tasks import get_task
+
+from .io import write_json_atomic, write_text_atomic
+from .reported import reported_table
+
+# Per task kind: (our metric key, the paper's metric name, scale); the first is the primary.
+METRICS: dict[str, list[tuple[str, str, float]]] = {
+    "semantic_segmentation": [("mIoU", "mIoU", 1.0)],
+    "instance_segmentation": [
+        ("coco/bbox_mAP", "AP_box", 100.0), ("coco/bbox_mAP_50", "AP50_box", 100.0),
+        ("coco/bbox_mAP_75", "AP75_box", 100.0), ("coco/segm_mAP", "AP_mask", 100.0),
+        ("coco/segm_mAP_50", "AP50_mask", 100.0), ("coco/segm_mAP_75", "AP75_mask", 100.0)],
+    "panoptic_segmentation": [("coco_panoptic/PQ", "PQ", 1.0), ("coco_panoptic/SQ", "SQ", 1.0),
+                              ("coco_panoptic/RQ", "RQ", 1.0)],
+    "pose_estimation": [("coco/AP", "AP", 100.0), ("coco/AR", "AR", 100.0)],
+    "classification": [("top1", "top1", 1.0)],
+}
+# The paper's comparison tables by task; tables whose tasks differ get one column group per task.
+PAPER_TABLES: dict[str, tuple[str, list[str]]] = {
+    "1": ("ADE20K semantic segmentation (UperNet)", ["ade20k"]),
+    "2": ("COCO detection and instance segmentation (Mask R-CNN 1x)", ["coco_instance"]),
+    "3": ("COCO panoptic segmentation (Panoptic FPN 1x)", ["coco_panoptic"]),
+    "4": ("Image classification", ["cifar100", "svhn", "food101", "imagenet_r"]),
+    "9": ("COCO keypoints (top-down heatmap)", ["coco_pose"]),
+    "10": ("Remote sensing segmentation (UperNet)", ["potsdam", "loveda"]),
+}
+# Micro backbones have no paper numbers; their rows show the paper's figures of the full-size
+# backbone of the same family, for reference only.
+REFERENCE_BACKBONE = {"swin-micro": "swin-b", "convnext-micro": "convnext-b", "vit-micro": "vit-b"}
+ABLATION_TITLES = {
+    "5": "Experts per center and bottleneck width", "6": "Blocks sharing one center",
+    "11": "Kernel sets and scale aggregation", "12": "Center initialisation",
+    "13": "Top-k sparse routing", "14a": "Conv layout", "14b": "Gate activation",
+    "14c": "Router width",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One loaded result file with its place in the grid."""
+    cell: Any  # pipelines.grid.GridCell
+    path: Path
+    result: dict[str, Any]
+
+    @property
+    def applicable(self) -> bool:
+        return "not_applicable" not in self.result
+
+
+def method_label(method: str) -> str:
+    return get_method(method).description.split(":")[0]
+
+
+def _paper_backbone(backbone: str) -> str | None:
+    return get_backbone(REFERENCE_BACKBONE.get(backbone, backbone)).paper_name
+
+
+def _cell(values: list[float], ids: list[str], digits: int = 1) -> dict[str, Any]:
+    if not values:
+        return {"text": "-", "value": None}
+    s = pd.Series(values, dtype=float)
+    mean = float(s.mean())
+    text = f"{mean:.{digits}f}"
+    if len(values) > 1:
+        text += f" ± {float(s.std(ddof=1)):.{digits}f}"
+    return {"text": text, "value": round(mean, 4), "n": len(values), "cells": ids}
+
+
+def _number(value: float | None, digits: int = 1) -> dict[str, Any]:
+    if value is None or pd.isna(value):
+        return {"text": "-", "value": None}
+    return {"text": f"{value:.{digits}f}", "value": float(value)}
+
+
+class Aggregator:
+    def __init__(self, params: dict[str, Any], runs: list[Run]):
+        self.params = params
+        self.runs = runs
+        self.reported = reported_table()
+
+    # -- lookups -----------------------------------------------------------------------
+    def _runs(self, task: str, backbone: str, method: str, variant: str | None = None) -> list[Run]:
+        return [r for r in self.runs if (r.cell.task, r.cell.backbone, r.cell.method,
+                                         r.cell.variant) == (task, backbone, method, variant)]
+
+    def _scores(self, runs: list[Run], key: str, scale: float) -> tuple[list[float], list[str]]:
+        ok = [r for r in runs if r.applicable and key in r.result["metrics"]]
+        return [r.result["metrics"][key] * scale for r in ok], [r.cell.id for r in ok]
+
+    def _params_m(self, runs: list[Run]) -> dict[str, Any]:
+        counts = {r.result["trainable_backbone_params"] for r in runs if r.applicable}
+        if not counts:
+            return {"text": "n/a" if runs else "-", "value": None}
+        return _number(max(counts) / 1e6, 2)
+
+    def _reported(self, table: str, task: str, backbone: str, method: str,
+                  metric: str) -> tuple[float | None, float | None]:
+        """(value, params_m) the paper reports, or (None, None)."""
+        spec, paper_bb = get_task(task), _paper_backbone(backbone)
+        df = self.reported
+        rows = df[(df.table == table) & (df.dataset == spec.paper_dataset)
+                  & (df.backbone == paper_bb) & (df.method == method) & (df.metric == metric)]
+        if rows.empty:
+            return None, None
+        return float(rows.value.iloc[0]), float(rows.params_m.iloc[0])
+
+    def groups(self) -> list[tuple[str, str]]:
+        """(task, backbone) pairs of the comparison grid, in grid order."""
+        seen: dict[tuple[str, str], None] = {}
+        for r in self.runs:
+            if r.cell.variant is None:
+                seen[(r.cell.task, r.cell.backbone)] = None
+        return list(seen)
+
+    # -- sections ----------------------------------------------------------------------
+    def comparison(self, table: str, title: str, tasks: list[str]) -> dict[str, Any] | None:
+        pairs = [(t, b) for t, b in self.groups() if t in tasks]
+        if not pairs:
+            return None
+        methods = self.params["grid"]["methods"]
+        multi_task = len({t for t, _ in pairs}) > 1
+        columns = [{"key": "method", "label": "Method", "numeric": False}]
+        rows = [{"method": {"text": method_label(m), "value": method_label(m)}} for m in methods]
+        for task, backbone in pairs:
+            spec = get_task(task)
+            group = (spec.paper_dataset + (f" {backbone}" if len({b for _, b in pairs}) > 1 else "")
+                     if multi_task else backbone)
+            paper_bb = _paper_backbone(backbone)
+            ref = "" if paper_bb == get_backbone(backbone).paper_name else f", {paper_bb}"
+            key0 = f"{task}:{backbone}"
+            columns.append({"key": f"{key0}:params_m", "label": "Params (M)", "numeric": True,
+                            "group": group})
+            columns.append({"key": f"{key0}:params_m:reported", "label": f"Params (paper{ref})",
+                            "numeric": True, "group": group, "reported": True})
+            for key, name, scale in METRICS[spec.kind]:
+                columns.append({"key": f"{key0}:{name}", "label": name, "numeric": True,
+                                "group": group})
+                columns.append({"key": f"{key0}:{name}:reported", "label": f"{name} (paper{ref})",
+                                "numeric": True, "group": group, "reported": True})
+            for row, method in zip(rows, methods):
+                runs = self._runs(task, backbone, method)
+                paper_method = get_method(method).paper_name
+                row[f"{key0}:params_m"] = self._params_m(runs)
+                reported_params = None
+                for key, name, scale in METRICS[spec.kind]:
+                    row[f"{key0}:{name}"] = _cell(*self._scores(runs, key, scale))
+                    value, p = self._reported(table, task, backbone, paper_method, name)
+                    row[f"{key0}:{name}:reported"] = _number(value)
+                    reported_params = reported_params if p is None else p
+                row[f"{key0}:params_m:reported"] = _number(reported_params)
+        return {"id": f"table{table}", "title": f"Table {table}: {title}", "kind": "comparison",
+                "columns": columns, "rows": rows}
+
+    def ablation(self, table: str) -> dict[str, Any] | None:
+        spec = self.params["grid"]["ablation"]
+        variants = [v for v in spec["variants"] if self.params["ablations"][v]["table"] == table]
+        if not variants:
+            return None
+        task, backbone = spec["task"], spec["backbone"]
+        kind = get_task(task).kind
+        # The paper's ablations are all Swin-B Mask R-CNN: its metric columns are AP_box / AP_mask.
+        paper_metrics = sorted(set(self.reported[self.reported.table == table].metric))
+        columns = [{"key": "variant", "label": "Variant", "numeric": False},
+                   {"key": "params_m", "label": "Params (M)", "numeric": True}]
+        columns += [{"key": name, "label": name, "numeric": True} for _, name, _ in METRICS[kind]]
+        columns += [{"key": "params_m:reported", "label": "Params (paper)", "numeric": True,
+                     "reported": True}]
+        columns += [{"key": f"{m}:reported", "label": f"{m} (paper)", "numeric": True,
+                     "reported": True} for m in paper_metrics]
+        default = self.params["ablation_defaults"].get(table)
+        entries = [(f"default{'' if default is None else ' (' + default + ')'}", None, default)]
+        entries += [(self.params["ablations"][v]["paper"], v, self.params["ablations"][v]["paper"])
+                    for v in variants]
+        rows = []
+        for label, variant, paper_label in entries:
+            runs = self._runs(task, backbone, "parax", variant)
+            row = {"variant": {"text": label, "value": label}, "params_m": self._params_m(runs)}
+            for key, name, scale in METRICS[kind]:
+                row[name] = _cell(*self._scores(runs, key, scale))
+            reported = self.reported[(self.reported.table == table)
+                                     & (self.reported.method == f"AdaRoute[{paper_label}]")]
+            row["params_m:reported"] = _number(reported.params_m.iloc[0] if len(reported) else None)
+            for m in paper_metrics:
+                value = reported[reported.metric == m].value
+                row[f"{m}:reported"] = _number(value.iloc[0] if len(value) else None)
+            rows.append(row)
+        return {"id": f"table{table}", "title": f"Table {table}: {ABLATION_TITLES[table]} "
+                                                f"(ParaX on {task}, {backbone})",
+                "kind": "ablation", "columns": columns, "rows": rows}
+
+    def rank(self) -> dict[str, Any] | None:
+        """Mean rank of each method by its task's primary metric over the (task, backbone)
+        groups it ran in (1 = best; ties share the mean rank)."""
+        methods = self.params["grid"]["methods"]
+        per_group = {}
+        for task, backbone in self.groups():
+            key, _, scale = METRICS[get_task(task).kind][0]
+            means = {}
+            for m in methods:
+                scores, _ = self._scores(self._runs(task, backbone, m), key, scale)
+                if scores:
+                    means[m] = sum(scores) / len(scores)
+            per_group[f"{task}:{backbone}"] = pd.Series(means).rank(ascending=False, method="average")
+        if not per_group:
+            return None
+        ranks = pd.DataFrame(per_group).reindex(methods)
+        columns = [{"key": "method", "label": "Method", "numeric": False},
+                   {"key": "mean_rank", "label": "Mean rank", "numeric": True},
+                   {"key": "groups", "label": "Tasks", "numeric": True}]
+        columns += [{"key": g, "label": g.replace(":", " / "), "numeric": True} for g in per_group]
+        rows = []
+        for m in methods:
+            r = ranks.loc[m].dropna()
+            row = {"method": {"text": method_label(m), "value": method_label(m)},
+                   "mean_rank": _number(r.mean() if len(r) else None, 2),
+                   "groups": {"text": str(len(r)), "value": len(r)}}
+            for g in per_group:
+                row[g] = _number(ranks.loc[m, g], 1)
+            rows.append(row)
+        return {"id": "rank", "title": "Cross-task mean rank", "kind": "rank",
+                "caption": "Rank of each method by the primary metric of every (task, backbone) "
+                           "it ran in, averaged.", "columns": columns, "rows": rows}
+
+    def pareto(self) -> list[dict[str, Any]]:
+        out = []
+        for task, backbone in self.groups():
+            key, name, scale = METRICS[get_task(task).kind][0]
+            points = []
+            for m in self.params["grid"]["methods"]:
+                runs = self._runs(task, backbone, m)
+                scores, _ = self._scores(runs, key, scale)
+                if not scores:
+                    continue
+                s = pd.Series(scores, dtype=float)
+                points.append({"method": m, "label": method_label(m),
+                               "params_m": self._params_m(runs)["value"],
+                               "score": round(float(s.mean()), 4),
+                               "std": round(float(s.std(ddof=1)), 4) if len(s) > 1 else 0.0,
+                               "n": len(s)})
+            out.append({"id": f"pareto-{task}-{backbone}", "task": task, "backbone": backbone,
+                        "metric": name, "points": points})
+        return out
+
+    def provenance(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.runs:
+            res = r.result
+            out.append({"cell": r.cell.id, "task": r.cell.task, "backbone": r.cell.backbone,
+                        "method": r.cell.method, "variant": r.cell.variant, "seed": r.cell.seed,
+                        "profile": res["cell"]["profile"],
+                        "commit": res.get("git", {}).get("commit"),
+                        "dirty": res.get("git", {}).get("dirty"),
+                        "device": res.get("device", "n/a (not applicable)"),
+                        "date": res.get("finished_at"), "wall_time_s": res.get("wall_time_s"),
+                        "result_file": r.path.as_posix()})
+        return out
+
+    def tables(self) -> dict[str, Any]:
+        profile = self.params["grid"]["profile"]
+        sections = [self.comparison(t, title, tasks) for t, (title, tasks) in PAPER_TABLES.items()]
+        sections.append(self.rank())
+        sections += [self.ablation(t) for t in ABLATION_TITLES]
+        synthetic = profile == "mini"
+        note = ("mini profile: synthetic datasets, micro backbones pretrained on a synthetic "
+                "source task, short CPU schedules. The paper's figures (columns marked paper) "
+                "belong to the full-size backbones and are shown for reference only."
+                if synthetic else "paper profile: the paper's datasets, backbones and schedules.")
+        return {"profile": profile, "synthetic": synthetic,
+                "generated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "note": note, "sections": [s for s in sections if s is not None],
+                "pareto": self.pareto(), "provenance": self.provenance()}
+
+
+def section_frame(section: dict[str, Any]) -> pd.DataFrame:
+    """A section as a flat table (display text), for the CSV and markdown exports."""
+    labels = [(c.get("group") + " " if c.get("group") else "") + c["label"]
+              for c in section["columns"]]
+    data = [[row.get(c["key"], {"text": "-"})["text"] for c in section["columns"]]
+            for row in section["rows"]]
+    return pd.DataFrame(data, columns=labels)
+
+
+def write_tables(tables: dict[str, Any], out: str | Path) -> list[Path]:
+    """tables.json plus SECTION.csv and SECTION.md for every section (atomic writes)."""
+    out = Path(out)
+    written = []
+    for section in tables["sections"]:
+        frame = section_frame(section)
+        buf = io.StringIO()
+        frame.to_csv(buf, index=False)
+        written.append(write_text_atomic(out / f"{section['id']}.csv", buf.getvalue()))
+        md = f"## {section['title']}\n\n{frame.to_markdown(index=False)}\n"
+        written.append(write_text_atomic(out / f"{section['id']}.md", md))
+    write_json_atomic(out / "tables.json", tables)
+    return written + [out / "tables.json"]
+
+
+def load_runs(params: dict[str, Any], cells: Iterable[Any], runs_dir: Path) -> list[Run]:
+    """The grid's result files, each validated; a cell without its file is an error."""
+    from .results import ResultFileError, load_result
+
+    runs = []
+    for cell in cells:
+        path = runs_dir / f"{cell.id}.json"
+        if not path.is_file():
+            raise ResultFileError(f"{path}: result file of grid cell {cell.id} is missing")
+        runs.append(Run(cell, path, load_result(path)))
+    return runs

@@ -1,0 +1,258 @@
+"""Static HTML leaderboard: renders an aggregated tables.json into one self-contained page.
+
+The page works from ``file://`` with no network: CSS and the sorting script are inline and
+the Pareto plots are inline SVG computed here, so the result can be opened straight from a
+results folder or attached to a report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import jinja2
+
+from .io import write_text_atomic
+
+TEMPLATES = Path(__file__).with_name("templates")
+DEFAULT_OUT = Path("results/leaderboard/index.html")
+MISSING = "–"
+
+# Pareto plot geometry (SVG user units): canvas size and the plot area's margins.
+WIDTH, HEIGHT = 720, 400
+LEFT, RIGHT, TOP, BOTTOM = 64, 24, 16, 52
+
+
+def _require(obj: Any, keys: Sequence[str], where: str) -> None:
+    """Fail early, naming the entry and the missing key, instead of a template error later."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} must be an object, got {type(obj).__name__}")
+    for key in keys:
+        if key not in obj:
+            raise ValueError(f"{where} is missing {key!r}")
+
+
+def _where(kind: str, i: int, entry: Any) -> str:
+    """``sections[1] ('table2')``: the position, and the id when there is one."""
+    has_id = isinstance(entry, dict) and "id" in entry
+    return f"{kind}[{i}]" + (f" ({entry['id']!r})" if has_id else "")
+
+
+def _validate(tables: Any) -> None:
+    _require(tables, ["sections"], "tables")
+    ids = ["contents", "provenance"]
+    for i, sec in enumerate(tables["sections"]):
+        _require(sec, ["id", "title", "columns", "rows"], _where("sections", i, sec))
+        for j, col in enumerate(sec["columns"]):
+            _require(col, ["key", "label"], f"{_where('sections', i, sec)} columns[{j}]")
+        ids.append(sec["id"])
+    for i, plot in enumerate(tables.get("pareto", [])):
+        _require(plot, ["id", "metric", "points"], _where("pareto", i, plot))
+        for j, pt in enumerate(plot["points"]):
+            _require(pt, ["params_m", "score"], f"{_where('pareto', i, plot)} points[{j}]")
+        ids.append(plot["id"])
+    for i, prov in enumerate(tables.get("provenance", [])):
+        _require(prov, ["cell"], f"provenance[{i}]")
+    dupes = sorted({str(x) for x in ids if ids.count(x) > 1})
+    if dupes:
+        raise ValueError(f"duplicate section ids: {', '.join(dupes)}")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for null / NaN (JSON from pandas can carry NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _cell(cell: dict | None, numeric: bool, cls: str) -> dict:
+    """View model of one ``<td>``: numeric cells keep their value for sorting (data-value)."""
+    cell = cell or {}
+    value = _number(cell.get("value")) if numeric else cell.get("value", cell.get("text"))
+    if value is None:
+        return {"text": MISSING, "value": None, "cls": f"{cls} missing".strip(), "title": None,
+                "href": None}
+    return {"text": str(cell.get("text", cell.get("value"))), "value": value if numeric else None,
+            "cls": cls, "title": f"n={cell['n']}" if "n" in cell else None,
+            "href": cell.get("href")}
+
+
+def _table(columns: list[dict], rows: list[dict]) -> dict:
+    """Header rows (a group row on top when columns carry ``group``) and body cells.
+
+    Every sortable leaf header carries its column index (``data-col``) because rowspan and
+    colspan make a header's DOM position differ from its column's.
+    """
+    leaves = []
+    for i, col in enumerate(columns):
+        cls = " ".join(c for c in ("num" if col.get("numeric") else "",
+                                   "reported" if col.get("reported") else "") if c)
+        leaves.append({"label": col["label"], "col": i, "numeric": bool(col.get("numeric")),
+                       "cls": cls, "colspan": 1, "rowspan": 1})
+    head = [leaves]
+    if any(col.get("group") for col in columns):
+        top, bottom = [], []
+        for col, leaf in zip(columns, leaves):
+            group = col.get("group")
+            if not group:
+                top.append({**leaf, "rowspan": 2})
+            elif top and top[-1].get("group") == group:
+                top[-1]["colspan"] += 1
+                bottom.append(leaf)
+            else:
+                top.append({"label": group, "group": group, "col": None, "numeric": False,
+                            "cls": "group", "colspan": 1, "rowspan": 1})
+                bottom.append(leaf)
+        head = [top, bottom]
+    body = [[_cell(row.get(col["key"]), leaf["numeric"], leaf["cls"])
+             for col, leaf in zip(columns, leaves)] for row in rows]
+    return {"head": head, "rows": body}
+
+
+def _ticks(lo: float, hi: float, log: bool) -> list[float]:
+    """Round tick values inside [lo, hi]: 1-2-5 per decade on a log axis, else a 1-2-5 step."""
+    if log:
+        ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)),
+                                              math.ceil(math.log10(hi)) + 1)
+                 for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+        return ticks if len(ticks) <= 8 else [t for t in ticks if math.log10(t).is_integer()]
+    raw = (hi - lo) / 5
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = mag * next(m for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step)
+    return [k * step for k in range(first, math.floor(hi / step) + 1)]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _pareto(plot: dict) -> dict:
+    """SVG geometry of one Pareto plot; points with a missing number are left out.
+
+    The x axis (trainable params, M) is logarithmic when the points span more than a decade.
+    The front holds the points that score more than every point with fewer or equal params.
+    """
+    pts = [p for p in plot["points"]
+           if (_number(p["params_m"]) or 0) > 0 and _number(p["score"]) is not None]
+    xs = [float(p["params_m"]) for p in pts]
+    ys = [float(p["score"]) for p in pts]
+    stds = [_number(p.get("std")) or 0.0 for p in pts]
+    bars = [s > 0 and (p.get("n") or 0) > 1 for p, s in zip(pts, stds)]
+    xr = xs or [1.0]
+    yr = [y + s * k for y, s in zip(ys, stds) for k in (-1, 1)] or [0.0]
+    log = max(xr) / min(xr) > 10
+    if log:
+        pad = 10 ** (0.06 * math.log10(max(xr) / min(xr)))
+        xlo, xhi = min(xr) / pad, max(xr) * pad
+    else:
+        pad = 0.06 * (max(xr) - min(xr)) or 0.5 * min(xr)
+        xlo, xhi = max(min(xr) - pad, 0.0), max(xr) + pad
+    pad = 0.08 * (max(yr) - min(yr)) or 1.0
+    ylo, yhi = min(yr) - pad, max(yr) + pad
+    w, h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def sx(x: float) -> float:
+        t = math.log(x / xlo) / math.log(xhi / xlo) if log else (x - xlo) / (xhi - xlo)
+        return round(LEFT + t * w, 1)
+
+    def sy(y: float) -> float:
+        return round(TOP + (yhi - y) / (yhi - ylo) * h, 1)
+
+    front, best = [], -math.inf
+    for i in sorted(range(len(pts)), key=lambda i: (xs[i], -ys[i])):
+        if ys[i] > best:
+            front.append(i)
+            best = ys[i]
+    points = []
+    for i, p in enumerate(pts):
+        x, label = sx(xs[i]), str(p.get("label", p.get("method", "")))
+        title = f"{label}: {_fmt(ys[i])}" + (f" ± {_fmt(stds[i])}" if bars[i] else "")
+        title += f" at {_fmt(xs[i])} M params" + (f", n={p['n']}" if "n" in p else "")
+        points.append({
+            "x": x, "y": sy(ys[i]), "label": label, "front": i in front, "title": title,
+            "err": (sy(ys[i] + stds[i]), sy(ys[i] - stds[i])) if bars[i] else None,
+            "anchor": "end" if x > WIDTH - RIGHT - 80 else "start",
+        })
+    return {
+        "id": plot["id"], "width": WIDTH, "height": HEIGHT,
+        "title": " / ".join(str(plot[k]) for k in ("task", "backbone") if plot.get(k))
+                 + f" ({plot['metric']})",
+        "box": {"x0": LEFT, "x1": WIDTH - RIGHT, "y0": TOP, "y1": HEIGHT - BOTTOM},
+        "xticks": [{"pos": sx(t), "text": _fmt(t)} for t in _ticks(xlo, xhi, log)],
+        "yticks": [{"pos": sy(t), "text": _fmt(t)} for t in _ticks(ylo, yhi, False)],
+        "xlabel": "Trainable params (M" + (", log scale)" if log else ")"),
+        "ylabel": str(plot["metric"]), "points": points, "log": log,
+        "line": " ".join(f"{sx(xs[i])},{sy(ys[i])}" for i in front),
+    }
+
+
+def _provenance(entries: list[dict], out_dir: Path) -> dict:
+    """Provenance as a sortable table; result files link relative to the page.
+
+    ``result_file`` paths are relative to the working directory (the repository root when
+    the pipeline runs), so they are rewritten relative to the page's folder.
+    """
+    columns = [{"key": "cell", "label": "Cell"}, {"key": "seed", "label": "Seed", "numeric": True},
+               {"key": "commit", "label": "Commit"}, {"key": "device", "label": "Device"},
+               {"key": "date", "label": "Date"},
+               {"key": "wall_time_s", "label": "Wall time (s)", "numeric": True},
+               {"key": "result_file", "label": "Result file"}]
+    rows = []
+    for e in entries:
+        row = {k: {"value": e.get(k)} for k in ("cell", "seed", "device", "date")}
+        if e.get("commit"):
+            row["commit"] = {"value": e["commit"],
+                             "text": e["commit"][:8] + (" (dirty)" if e.get("dirty") else "")}
+        if e.get("wall_time_s") is not None:
+            row["wall_time_s"] = {"value": e["wall_time_s"], "text": f"{e['wall_time_s']:.1f}"}
+        if e.get("result_file"):
+            href = os.path.relpath(os.path.abspath(e["result_file"]), os.path.abspath(out_dir))
+            row["result_file"] = {"value": e["result_file"], "href": Path(href).as_posix()}
+        rows.append(row)
+    return {"caption": None, **_table(columns, rows)}
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True)
+
+
+def render(tables: dict, out: str | os.PathLike) -> Path:
+    """Render ``tables`` (the tables.json contract) to ``out`` and return its path.
+
+    Everything is validated and rendered in memory before the atomic write, so a malformed
+    input raises ValueError and leaves no file (and any previous page untouched).
+    """
+    _validate(tables)
+    out = Path(out)
+    sections = [{"id": s["id"], "title": s["title"], "kind": s.get("kind", "comparison"),
+                 "caption": s.get("caption"), **_table(s["columns"], s["rows"])}
+                for s in tables["sections"]]
+    html = _environment().get_template("leaderboard.html.j2").render(
+        profile=tables.get("profile", "?"), synthetic=bool(tables.get("synthetic")),
+        generated=tables.get("generated", ""), note=tables.get("note", ""),
+        sections=sections, plots=[_pareto(p) for p in tables.get("pareto", [])],
+        provenance=_provenance(tables.get("provenance", []), out.parent))
+    return write_text_atomic(out, html)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.leaderboard",
+                                     description="Render tables.json as a static HTML page.")
+    parser.add_argument("--tables", type=Path, required=True, help="aggregated tables.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"output HTML file (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    path = render(json.loads(args.tables.read_text(encoding="utf-8")), args.out)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""DVC stage `aggregate`: every result file of the grid, validated, into the paper's table
+layouts (results/tables/PROFILE: tables.json for the leaderboard, CSV and markdown per table)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmark.aggregate import Aggregator, load_runs, write_tables
+from benchmark.results import load_result
+from pipelines.grid import expand, load_params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--runs", help="result folder (default: results/runs/PROFILE)")
+    parser.add_argument("--out", help="tables folder (default: results/tables/PROFILE)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    profile = params["grid"]["profile"]
+    runs_dir = Path(args.runs or f"results/runs/{profile}")
+    cells = expand(params)
+    wanted = {f"{c.id}.json" for c in cells}
+    # Every file in the folder must be a result; ones outside the current grid are left out.
+    stale = []
+    for path in sorted(runs_dir.glob("*.json")):
+        load_result(path)
+        if path.name not in wanted:
+            stale.append(path.name)
+    for name in stale:
+        print(f"[aggregate] not in the current grid, left out: {runs_dir / name}", flush=True)
+    runs = load_runs(params, cells, runs_dir)
+    tables = Aggregator(params, runs).tables()
+    written = write_tables(tables, args.out or f"results/tables/{profile}")
+    print(f"[aggregate] {len(runs)} cells -> {len(tables['sections'])} tables, "
+          f"{len(written)} files in {written[-1].parent}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"aggregate: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,58 @@
+"""DVC stage `data@DATASET`: the mini profile writes the synthetic dataset; the paper profile
+checks the real one. Either way the stage's output is a stamp (results/data/PROFILE/DATASET.json)
+holding the dataset's fingerprint, which the cells that read the dataset depend on."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from benchmark.io import write_json_atomic
+from pipelines.grid import load_params
+
+
+def check_real(dataset: str, root: Path) -> None:
+    """The checks a cell makes before training (layout, annotation files, label ranges)."""
+    from benchmark.runner import task_config
+    from tasks.cell import Cell
+
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root} (the paper profile reads "
+                                f"each dataset from grid.data_root/NAME in its release layout)")
+    task_config(Cell(task=dataset, backbone="swin-b", method="linear", data_root=str(root),
+                     work_dir="unused", profile="paper"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    grid = params["grid"]
+    root = Path(grid["data_root"]) / args.dataset
+    start = time.monotonic()
+    if grid["profile"] == "mini":
+        from tasks.synthetic import generate
+
+        sizes = {k: v for k, v in grid["tasks"][args.dataset].items() if k in ("train", "val")}
+        print(f"[data] writing synthetic {args.dataset} {sizes} to {root}", flush=True)
+        generate(args.dataset, root, seed=0, **sizes)
+    else:
+        print(f"[data] checking {args.dataset} at {root}", flush=True)
+        check_real(args.dataset, root)
+    from tasks.synthetic import fingerprint
+
+    stamp = {"dataset": args.dataset, "profile": grid["profile"], "root": str(root),
+             "fingerprint": fingerprint(root),
+             "files": sum(1 for p in root.rglob("*") if p.is_file())}
+    out = Path("results/data") / grid["profile"] / f"{args.dataset}.json"
+    write_json_atomic(out, stamp)
+    print(f"[data] {args.dataset}: {stamp['files']} files, fingerprint {stamp['fingerprint'][:12]} "
+          f"({time.monotonic() - start:.1f}s) -> {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

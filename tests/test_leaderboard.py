@@ -1,0 +1,251 @@
+"""The static HTML leaderboard: content, self-containment, atomic writes, sorting in a browser."""
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from benchmark.leaderboard import MISSING, main, render
+
+VOID = {"meta", "link", "br", "img", "input", "hr", "wbr", "source"}
+
+
+def _tables(synthetic: bool = True) -> dict:
+    """Two sections (one grouped, with a reported column and a missing value), a Pareto plot
+    whose points span more than a decade, and two provenance rows (one dirty)."""
+    def num(v, text=None, **kw):
+        return {"text": text or f"{v}", "value": v, **kw}
+
+    return {
+        "profile": "mini", "synthetic": synthetic, "generated": "2026-11-23T22:10:00Z",
+        "note": "Means over 3 seeds <b>not</b> markup.",
+        "sections": [
+            {"id": "table1", "title": "Table 1: ADE20K (UperNet)", "kind": "comparison",
+             "caption": "mIoU on the validation split.",
+             "columns": [
+                 {"key": "method", "label": "Method", "numeric": False},
+                 {"key": "swin-b:params_m", "label": "Params (M)", "numeric": True,
+                  "group": "Swin-B"},
+                 {"key": "swin-b:mIoU", "label": "mIoU", "numeric": True, "group": "Swin-B"},
+                 {"key": "swin-b:mIoU:reported", "label": "mIoU (paper)", "numeric": True,
+                  "group": "Swin-B", "reported": True}],
+             "rows": [
+                 {"method": num("LoRA"), "swin-b:params_m": num(10.0, "10.00"),
+                  "swin-b:mIoU": num(51.0, "51.0 ± 0.1", n=3),
+                  "swin-b:mIoU:reported": num(50.2)},
+                 {"method": num("Full"), "swin-b:params_m": num(120.0, "120.00"),
+                  "swin-b:mIoU": {"text": "-", "value": None}},
+                 {"method": num("ParaX"), "swin-b:params_m": num(0.5, "0.50"),
+                  "swin-b:mIoU": num(51.3, "51.3 ± 0.2", n=3),
+                  "swin-b:mIoU:reported": num(51.4)},
+                 {"method": num("Linear"), "swin-b:params_m": num(0.1, "0.10"),
+                  "swin-b:mIoU": num(40.5, "40.5 ± 0.0", n=3)}]},
+            {"id": "table2", "title": "Table 2: ablation", "kind": "ablation",
+             "columns": [{"key": "variant", "label": "Variant"},
+                         {"key": "ap", "label": "AP", "numeric": True}],
+             "rows": [{"variant": num("no routing"), "ap": num(30.1)},
+                      {"variant": num("full"), "ap": num(31.7)}]},
+        ],
+        "pareto": [
+            {"id": "pareto-ade20k-swin-b", "task": "ade20k", "backbone": "swin-b",
+             "metric": "mIoU", "points": [
+                 {"method": "parax", "label": "ParaX", "params_m": 0.5, "score": 51.3,
+                  "std": 0.2, "n": 3},
+                 {"method": "lora", "label": "LoRA", "params_m": 10.0, "score": 51.0,
+                  "std": 0.1, "n": 3},
+                 {"method": "linear", "label": "Linear", "params_m": 0.1, "score": 40.5,
+                  "std": 0.0, "n": 3}]},
+        ],
+        "provenance": [
+            {"cell": "ade20k.swin-b.parax.s0", "task": "ade20k", "backbone": "swin-b",
+             "method": "parax", "variant": None, "seed": 0, "profile": "mini",
+             "commit": "abc123def4567890", "dirty": True, "device": "cpu",
+             "date": "2026-11-23T22:00:00Z", "wall_time_s": 15.2,
+             "result_file": "results/runs/mini/ade20k.swin-b.parax.s0.json"},
+            {"cell": "ade20k.swin-b.lora.s1", "task": "ade20k", "backbone": "swin-b",
+             "method": "lora", "variant": None, "seed": 1, "profile": "mini",
+             "commit": "0123456789abcdef", "dirty": False, "device": "cpu",
+             "date": "2026-11-23T22:01:00Z", "wall_time_s": 9.75,
+             "result_file": "results/runs/mini/ade20k.swin-b.lora.s1.json"},
+        ],
+    }
+
+
+class _Tree(HTMLParser):
+    """Minimal DOM: nested dicts; fails on a mismatched end tag (a cheap well-formedness check)."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.root = {"tag": "#root", "attrs": {}, "kids": [], "text": ""}
+        self.stack = [self.root]
+        self.feed(html)
+        self.close()
+        assert self.stack == [self.root], f"unclosed: {[n['tag'] for n in self.stack[1:]]}"
+
+    def handle_starttag(self, tag, attrs):
+        node = {"tag": tag, "attrs": dict(attrs), "kids": [], "text": ""}
+        self.stack[-1]["kids"].append(node)
+        if tag not in VOID:
+            self.stack.append(node)
+
+    def handle_endtag(self, tag):
+        if tag not in VOID:
+            assert self.stack[-1]["tag"] == tag, f"</{tag}> closes <{self.stack[-1]['tag']}>"
+            self.stack.pop()
+
+    def handle_data(self, data):
+        for node in self.stack:
+            node["text"] += data
+
+
+def _all(node: dict, tag: str | None = None):
+    for kid in node["kids"]:
+        if tag is None or kid["tag"] == tag:
+            yield kid
+        yield from _all(kid, tag)
+
+
+def _classes(node: dict) -> set[str]:
+    return set((node["attrs"].get("class") or "").split())
+
+
+def _sections(root: dict) -> dict[str, dict]:
+    return {s["attrs"]["id"]: s for s in _all(root, "section")}
+
+
+def _body_rows(section: dict) -> list[list[dict]]:
+    tbody = next(_all(section, "tbody"))
+    return [list(_all(tr, "td")) for tr in _all(tbody, "tr")]
+
+
+@pytest.fixture
+def page(tmp_path, monkeypatch) -> tuple[Path, dict]:
+    monkeypatch.chdir(tmp_path)  # result_file paths are relative to the working directory
+    out = render(_tables(), Path("results/leaderboard/index.html"))
+    return out, _Tree(out.read_text(encoding="utf-8")).root
+
+
+def test_sections_rows_and_reported_columns(page):
+    out, root = page
+    tables = _tables()
+    sections = _sections(root)
+    assert {"table1", "table2", "pareto-ade20k-swin-b", "provenance"} <= set(sections)
+    ids = {n["attrs"]["id"] for n in _all(root) if "id" in n["attrs"]}
+    toc = [a["attrs"]["href"] for a in _all(next(n for n in _all(root, "nav")), "a")]
+    assert toc and all(h.startswith("#") and h[1:] in ids for h in toc)
+    for sec in tables["sections"]:
+        rows = _body_rows(sections[sec["id"]])
+        assert len(rows) == len(sec["rows"])
+        for row, tds in zip(sec["rows"], rows):
+            for col, td in zip(sec["columns"], tds, strict=True):
+                cell = row.get(col["key"])
+                missing = cell is None or cell["value"] is None
+                assert td["text"].strip() == (MISSING if missing else cell["text"])
+                assert ("missing" in _classes(td)) == missing
+                assert ("reported" in _classes(td)) == bool(col.get("reported"))
+        heads = {th["text"].strip(): th for th in _all(sections[sec["id"]], "th")}
+        for col in sec["columns"]:
+            assert ("reported" in _classes(heads[col["label"]])) == bool(col.get("reported"))
+    assert next(th for th in _all(sections["table1"], "th") if th["text"] == "Swin-B")[
+        "attrs"]["colspan"] == "3"
+    assert "<b>not</b>" not in out.read_text(encoding="utf-8")  # free text is escaped
+
+
+def test_self_contained(page):
+    out, root = page
+    refs = [v for n in _all(root) for k, v in n["attrs"].items() if k in ("src", "href")]
+    assert refs and not [r for r in refs if r.startswith(("http:", "https:", "//"))]
+    assert not list(_all(root, "img")) and all("src" not in s["attrs"]
+                                               for s in _all(root, "script"))
+
+
+def test_pareto_plot(page):
+    _, root = page
+    svg = next(_all(_sections(root)["pareto-ade20k-swin-b"], "svg"))
+    circles = list(_all(svg, "circle"))
+    assert len(circles) == 3
+    front = {c["text"].split(":")[0] for c in circles if "front" in _classes(c)}
+    assert front == {"Linear", "ParaX"}  # LoRA scores less with more params
+    labels = [t["text"] for t in _all(svg, "text")]
+    assert {"ParaX", "LoRA", "Linear", "mIoU", "Trainable params (M, log scale)"} <= set(labels)
+    assert len(list(_all(svg, "polyline"))) == 1
+    assert len([p for p in _all(svg, "path") if "err" in _classes(p)]) == 2  # std 0: no bar
+
+
+def test_provenance(page):
+    _, root = page
+    rows = _body_rows(_sections(root)["provenance"])
+    assert [r[0]["text"] for r in rows] == ["ade20k.swin-b.parax.s0", "ade20k.swin-b.lora.s1"]
+    assert rows[0][2]["text"] == "abc123de (dirty)" and rows[1][2]["text"] == "01234567"
+    link = next(_all(rows[0][-1], "a"))["attrs"]["href"]
+    assert link == "../runs/mini/ade20k.swin-b.parax.s0.json"
+
+
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_synthetic_banner(tmp_path, synthetic):
+    out = render(_tables(synthetic), tmp_path / "index.html")
+    html = out.read_text(encoding="utf-8")
+    assert ('id="synthetic-banner"' in html) == synthetic
+    assert ("not comparable" in html) == synthetic
+
+
+def test_malformed_input_leaves_no_file(tmp_path):
+    tables = _tables()
+    del tables["sections"][1]["columns"]
+    out = tmp_path / "lb" / "index.html"
+    with pytest.raises(ValueError, match=r"sections\[1\] \('table2'\) is missing 'columns'"):
+        render(tables, out)
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_cli(tmp_path):
+    src = tmp_path / "tables.json"
+    src.write_text(json.dumps(_tables()), encoding="utf-8")
+    assert main(["--tables", str(src), "--out", str(tmp_path / "out" / "index.html")]) == 0
+    assert "parax-bench leaderboard" in (tmp_path / "out" / "index.html").read_text("utf-8")
+
+
+@pytest.mark.browser
+def test_sorting_in_chromium(tmp_path):
+    """Real headless chromium from the distro (scripts/browser-deps.sh), never a download."""
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("chromium/chromedriver not on PATH; run scripts/browser-deps.sh")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+
+    out = render(_tables(), tmp_path / "index.html")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options,
+                              service=webdriver.ChromeService(executable_path=chromedriver))
+    try:
+        driver.get(out.as_uri())
+        header = driver.find_element(By.CSS_SELECTOR, '#table1 th[data-col="2"]')
+
+        def column():
+            """(method, mIoU or None) per body row, in DOM order."""
+            rows = driver.find_elements(By.CSS_SELECTOR, "#table1 tbody tr")
+            cells = [r.find_elements(By.TAG_NAME, "td") for r in rows]
+            return [(c[0].text, None if c[2].get_attribute("data-value") is None
+                     else float(c[2].get_attribute("data-value"))) for c in cells]
+
+        header.click()
+        assert header.get_attribute("aria-sort") == "ascending"
+        assert column() == [("Linear", 40.5), ("LoRA", 51.0), ("ParaX", 51.3), ("Full", None)]
+        header.click()
+        assert header.get_attribute("aria-sort") == "descending"
+        assert column() == [("ParaX", 51.3), ("LoRA", 51.0), ("Linear", 40.5), ("Full", None)]
+        shot = tmp_path / "leaderboard.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        driver.quit()

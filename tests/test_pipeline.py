@@ -1,0 +1,214 @@
+"""The DVC pipeline: grid expansion, result-file checks, and a reduced grid through `dvc repro`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.aggregate import method_label
+from benchmark.reported import reported_table
+from benchmark.results import ResultFileError, load_result
+from pipelines import aggregate, cell
+from pipelines.grid import command, expand, load_params
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**ENV, "DVC_SITE_CACHE_DIR": str(cwd / ".dvc" / "site-cache"), "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_repo(dst: Path) -> Path:
+    """The project's source files (as git sees them), without results the pipeline writes."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    skip = ("results/runs/", "results/tables/", "results/leaderboard/", "results/data/",
+            "pretrained/", "dvc.lock")
+    for name in files:
+        if not name.startswith(skip) and (REPO / name).is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dst / name)
+    git = ["git", "-c", "user.email=ci@parax-bench", "-c", "user.name=ci"]
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dst, check=True)
+    return dst
+
+
+def with_grid(params_text: str, profile: str) -> str:
+    return params_text.replace("grid: *mini", f"grid: *{profile}")
+
+
+@pytest.mark.parametrize("profile", ["mini", "paper"])
+def test_dvc_stages_are_the_grid(tmp_path, profile):
+    """dvc.yaml's matrix stages and pipelines/grid.py expand params.yaml to the same cells."""
+    shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(with_grid((REPO / "params.yaml").read_text(), profile))
+    dvc(tmp_path, "init", "--no-scm", "-q")
+    from dvc.repo import Repo
+
+    with Repo(str(tmp_path)) as repo:
+        commands = {Path(out.def_path).name: " ".join(stage.cmd.split())
+                    for stage in repo.index.stages for out in stage.outs
+                    if out.def_path.startswith("results/runs/")}
+    cells = expand(load_params(tmp_path / "params.yaml"))
+    assert commands == {f"{c.id}.json": command(c) for c in cells}
+    if profile == "paper":  # Tables 1-3: 3 tasks x 4 backbones, 4: 4 datasets, 9: 1, 10: 2
+        assert len(cells) == (12 + 4 + 1 + 2) * 8 * 3 + 24 * 3
+
+
+def test_not_applicable_cell_writes_a_record(tmp_path, monkeypatch):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["grid"]["classification"]["backbones"] = ["convnext-micro"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert cell.main(["--task", "cifar100", "--backbone", "convnext-micro", "--method", "vpt",
+                      "--seed", "0"]) == 0
+    result = load_result(tmp_path / "results/runs/mini/cifar100.convnext-micro.vpt.s0.json")
+    assert "ConvNeXt" in result["not_applicable"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"metrics": {"top1": 1.0}}', "not a parax-bench result file"),
+    ('{"cell": {"task": "cifar100"', "not a JSON result file"),
+])
+def test_aggregate_refuses_broken_or_foreign_files(tmp_path, content, message):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    bad = runs / "something.json"
+    bad.write_text(content)
+    out = tmp_path / "tables"
+    with pytest.raises(ResultFileError, match=message) as info:
+        aggregate.main(["--params", str(REPO / "params.yaml"), "--runs", str(runs),
+                        "--out", str(out)])
+    assert str(bad) in str(info.value)
+    assert not out.exists()
+
+
+class Tables(HTMLParser):
+    """Section id -> rows of cell texts, from the rendered leaderboard."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections: dict[str, list[list[str]]] = {}
+        self.current = None
+        self.row = None
+        self.text = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.current = attrs.get("id")
+            self.sections[self.current] = []
+        elif tag == "tr" and self.current is not None:
+            self.row = []
+        elif tag in ("td", "th") and self.row is not None:
+            self.text = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.text is not None:
+            self.row.append(self.text.strip())
+            self.text = None
+        elif tag == "tr" and self.row is not None:
+            self.sections[self.current].append(self.row)
+            self.row = None
+
+    def handle_data(self, data):
+        if self.text is not None:
+            self.text += data
+
+    def row_of(self, section: str, label: str) -> list[str]:
+        rows = [r for r in self.sections[section] if r and r[0] == label]
+        assert len(rows) == 1, (section, label, self.sections[section])
+        return rows[0]
+
+
+REDUCED = {
+    "methods": ["linear", "parax"],
+    "datasets": ["source", "ade20k", "cifar100"],
+    "tasks": {"source": {"train": 512, "val": 64, "iters": 40},
+              "ade20k": {"train": 8, "val": 4, "iters": 4},
+              "cifar100": {"train": 64, "val": 32, "iters": 6}},
+    "dense": {"tasks": ["ade20k"], "backbones": ["swin-micro"]},
+    "classification": {"tasks": ["cifar100"], "backbones": ["swin-micro"]},
+    "pose": {"tasks": [], "backbones": ["swin-micro"]},
+    "remote_sensing": {"tasks": [], "backbones": ["swin-micro"]},
+    "ablation": {"task": "cifar100", "backbone": "swin-micro", "variants": ["t14b-relu"]},
+}
+
+
+@pytest.mark.slow
+def test_reduced_grid_through_dvc_repro(tmp_path):
+    root = copy_repo(tmp_path / "repo")
+    text = (root / "params.yaml").read_text()
+    mini = text.index("  mini: &mini\n")
+    paper = text.index("  paper: &paper\n")
+    block = yaml.safe_dump({"mini": {"profile": "mini", "data_root": "data/mini",
+                                     "pretrained_root": "pretrained/mini", "seeds": [0],
+                                     "budget": "14%", "pretrain": ["swin-micro"], **REDUCED}},
+                           default_flow_style=None, sort_keys=False)
+    block = "\n".join("  " + line for line in block.splitlines()).replace(
+        "  mini:", "  mini: &mini", 1)
+    (root / "params.yaml").write_text(text[:mini] + block + "\n" + text[paper:])
+
+    dvc(root, "repro")
+    params = load_params(root / "params.yaml")
+    html = (root / "results/leaderboard/index.html").read_text()
+    page = Tables()
+    page.feed(html)
+    for section in ("table1", "table4", "rank", "table14b", "pareto-ade20k-swin-micro",
+                    "provenance"):
+        assert section in page.sections, section
+    reported = reported_table()
+
+    def paper_value(table, dataset, method, metric):
+        row = reported[(reported.table == table) & (reported.dataset == dataset)
+                       & (reported.method == method) & (reported.metric == metric)
+                       & (reported.backbone == "Swin-B")]
+        return f"{row.value.iloc[0]:.1f}"
+
+    for c in expand(params):
+        result = load_result(root / f"results/runs/mini/{c.id}.json")
+        assert result["cell"]["task"] == c.task and result["git"]["commit"]
+        if c.variant is not None:
+            row = page.row_of("table14b", "gate=relu")
+            assert f"{result['metrics']['top1']:.1f}" in row
+            assert paper_value("14b", "COCO2017", "AdaRoute[gate=relu]", "AP_box") in row
+            continue
+        label = method_label(c.method)
+        if c.task == "ade20k":
+            row = page.row_of("table1", label)
+            assert f"{result['metrics']['mIoU']:.1f}" in row
+            if c.method == "parax":
+                assert paper_value("1", "ADE20K", "AdaRoute", "mIoU") in row
+        else:
+            row = page.row_of("table4", label)
+            assert f"{result['metrics']['top1']:.1f}" in row
+        assert f"{result['trainable_backbone_params'] / 1e6:.2f}" in row
+        assert f"results/runs/mini/{c.id}.json".split("/")[-1] in html
+
+    start = time.monotonic()
+    again = dvc(root, "repro")
+    assert "Running stage" not in again.stdout and time.monotonic() - start < 60
+
+    # A change to one method's options invalidates that method's cells only.
+    params_text = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(params_text.replace("  parax: {}", "  parax: {gate: softmax}"))
+    status = json.loads(dvc(root, "status", "--json").stdout)
+    changed = {name for name in status if "@" in name}
+    assert changed == {"dense@ade20k-swin-micro-parax-0", "classification@cifar100-swin-micro-parax-0",
+                       "ablation@t14b-relu-0"}
