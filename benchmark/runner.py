@@ -80,13 +80,22 @@ def task_config(cell: Cell) -> dict[str, Any]:
     return builders[cell.task](cell)
 
 
+# What the pipeline writes: changes there do not make the code that computes a cell dirty
+# (`dvc repro` rewrites dvc.lock and results while it runs).
+PIPELINE_OUTPUTS = ("dvc.lock", "pretrained", "results/runs", "results/tables",
+                    "results/leaderboard", "results/data", "results/params")
+
+
 def _git() -> dict[str, Any]:
+    """The commit, and whether the working tree differs from it outside the pipeline's outputs."""
     root = Path(__file__).resolve().parent.parent
+    exclude = [f":(exclude){p}" for p in PIPELINE_OUTPUTS]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root,
-                                    capture_output=True, text=True, check=True).stdout.strip())
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", ".", *exclude],
+                                    cwd=root, capture_output=True, text=True,
+                                    check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}

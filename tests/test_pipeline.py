@@ -184,6 +184,7 @@ def test_reduced_grid_through_dvc_repro(tmp_path):
     for c in expand(params):
         result = load_result(root / f"results/runs/mini/{c.id}.json")
         assert result["cell"]["task"] == c.task and result["git"]["commit"]
+        assert result["git"]["dirty"] is False  # the pipeline's own outputs do not count
         if c.variant is not None:
             row = page.row_of("table14b", "gate=relu")
             assert f"{result['metrics']['top1']:.1f}" in row
