@@ -42,11 +42,14 @@ def copy_repo(dst: Path) -> Path:
         if not name.startswith(skip) and (REPO / name).is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dst / name)
-    git = ["git", "-c", "user.email=ci@parax-bench", "-c", "user.name=ci"]
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dst, check=True)
     return dst
+
+
+def commit(repo: Path) -> None:
+    git = ["git", "-c", "user.email=ci@parax-bench", "-c", "user.name=ci"]
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=repo, check=True)
 
 
 def with_grid(params_text: str, profile: str) -> str:
@@ -164,6 +167,7 @@ def test_reduced_grid_through_dvc_repro(tmp_path):
     block = "\n".join("  " + line for line in block.splitlines()).replace(
         "  mini:", "  mini: &mini", 1)
     (root / "params.yaml").write_text(text[:mini] + block + "\n" + text[paper:])
+    commit(root)
 
     dvc(root, "repro")
     params = load_params(root / "params.yaml")
