@@ -103,6 +103,80 @@ def _kaiming_uniform(module: nn.Module) -> nn.Module:
     return module
 
 
+def _total(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """t0 + t1 + ... without the extra pass of sum()'s leading 0 + t0."""
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = out + t
+    return out
+
+
+def _plus_identity(weight: torch.Tensor) -> torch.Tensor:
+    """W + I: a Linear (out, in) or depthwise conv (C, 1, k, k) weight that also adds its input.
+
+    Folding a residual x + f(x) into f's weight costs a few hundred scalar adds instead of a
+    full-size pass over the activations (and another in backward).
+    """
+    if weight.dim() == 2:
+        return weight + torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    k = weight.shape[-1]
+    identity = weight.new_zeros(k, k)
+    identity[k // 2, k // 2] = 1
+    return weight + identity
+
+
+def _token_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  hw: tuple[int, int]) -> torch.Tensor:
+    """Depthwise conv ('same' padding) of tokens (B, L, C) read as a channels-last image.
+
+    The permuted view is already channels-last (B, C, H, W); the conv keeps that layout, so
+    neither direction copies the activations.
+    """
+    b, n, c = x.shape
+    image = x.reshape(b, *hw, c).permute(0, 3, 1, 2)
+    y = F.conv2d(image, weight, bias, padding=weight.shape[-1] // 2, groups=c)
+    return y.permute(0, 2, 3, 1).reshape(b, n, c)
+
+
+class _KernelGradAsConv(torch.autograd.Function):
+    """Depthwise 'same' conv of one image (1, C, H, W) whose kernel gradient is a forward conv.
+
+    The kernel gradient of a depthwise conv is the input correlated with the output gradient,
+    itself a depthwise conv (the gradient map as an H x W kernel). On CPU, oneDNN's
+    backward-weights primitive for 5x5 and 7x7 depthwise kernels is 1.4-7x slower than that
+    forward conv (3x3 has a fast kernel of its own), so `_depthwise` routes those here.
+    """
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        out = F.conv2d(image, kernel, padding=kernel.shape[-1] // 2, groups=image.shape[1])
+        ctx.save_for_backward(image, kernel)
+        ctx.dtype = out.dtype  # the autocast dtype, if any: backward computes in it too
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        image, kernel = ctx.saved_tensors
+        c, k = image.shape[1], kernel.shape[-1]
+        grad = grad.to(ctx.dtype)
+        grad_image = grad_kernel = None
+        if ctx.needs_input_grad[0]:
+            grad_image = F.conv2d(grad, kernel.to(ctx.dtype).flip(-1, -2), padding=k // 2,
+                                  groups=c).to(image.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_kernel = F.conv2d(image.to(ctx.dtype), grad.transpose(0, 1), padding=k // 2,
+                                   groups=c).view_as(kernel).to(kernel.dtype)
+        return grad_image, grad_kernel
+
+
+def _depthwise(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Depthwise 'same' conv of one image (1, C, H, W) with a (C, 1, k, k) kernel."""
+    k = kernel.shape[-1]
+    if image.device.type == "cpu" and k > 3 and kernel.requires_grad and torch.is_grad_enabled():
+        return _KernelGradAsConv.apply(image, kernel)
+    return F.conv2d(image, kernel, padding=k // 2, groups=image.shape[1])
+
+
 class ExpertCenter(nn.Module):
     """M experts of each routed tensor, shared by every ParaX module of a stage (or group)."""
 
@@ -190,34 +264,6 @@ class ParaXModule(nn.Module):
         g = torch.sigmoid(logits) if self.gate == "sigmoid" else F.relu(logits)
         return g if keep is None else g * keep
 
-    @staticmethod
-    def _dw(conv: nn.Conv2d, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
-        y = conv(x.transpose(1, 2).reshape(b, c, *hw))
-        return y.flatten(2).transpose(1, 2)
-
-    @staticmethod
-    def _dynamic_dw(z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Per-sample depthwise conv: z (B, r, H, W), kernel (B, r, 1, k, k)."""
-        b, r, h, w = z.shape
-        k = kernel.shape[-1]
-        y = F.conv2d(z.reshape(1, b * r, h, w), kernel.reshape(b * r, 1, k, k),
-                     padding=k // 2, groups=b * r)
-        return y.view(b, r, h, w)
-
-    def _conv_path(self, z: torch.Tensor, kernels: list[torch.Tensor]) -> list[torch.Tensor]:
-        outs: list[torch.Tensor] = []
-        for i, kernel in enumerate(kernels):
-            if i == 0 or self.conv_layout == "parallel":
-                inp = z
-            elif self.conv_layout == "sequential":
-                a = self.conv_res_scale
-                inp = a[2 * (i - 1)] * z + a[2 * (i - 1) + 1] * outs[-1]
-            else:  # sequential_no_residual
-                inp = outs[-1]
-            outs.append(self._dynamic_dw(inp, kernel))
-        return outs
-
     # -- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         prefix, x = split_patches(x, hw)  # ViT: the class token bypasses the module
@@ -225,38 +271,88 @@ class ParaXModule(nn.Module):
         return torch.cat([prefix, out], dim=1) if prefix.shape[1] else out
 
     def _adapt(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The forward of the module docstring, arranged for speed (equal up to fp32 rounding).
+
+        - Tokens (B, L, C) are read as channels-last (B, C, H, W) images: no convolution
+          needs a transpose copy.
+        - The bottleneck runs token-major, (L, B, r): that is the channels-last layout of one
+          (1, B*r, H, W) image, so the per-sample convs are one grouped convolution and the
+          scale aggregation and proj read their outputs in place (no copy at all when B = 1).
+        - Residual adds and per-channel affines are folded into the small weights next to
+          them: norm_gamma into the LayerNorm affine, the identity into dwconv1, proj and
+          dwconv2, layer_scale / layer_bias / res_bias into dwconv2 (without convs,
+          layer_scale into W_up). Each saves full-size element-wise passes forward and
+          backward.
+        - On CPU, the 5x5 / 7x7 kernel gradients are computed as forward convs
+          (`_KernelGradAsConv`).
+        """
         center = self.center
-        b, n, _ = x.shape
         shortcut = x
-        x = x + self.norm_gamma * self.norm(x)
+        c = x.shape[-1]
+        norm, gamma = self.norm, self.norm_gamma
+        x = x + F.layer_norm(x, (c,), norm.weight * gamma, norm.bias * gamma, norm.eps)
         if self.kernel_sizes:
-            x = x + self._dw(self.dwconv1, x, hw)
+            x = _token_dwconv(x, _plus_identity(self.dwconv1.weight), self.dwconv1.bias, hw)
         g = self.gates(x.mean(dim=1))
         w_down = torch.einsum("bm,mrc->brc", g[:, 0], center.down)
-        z = torch.bmm(x, w_down.transpose(1, 2))  # (B, L, r)
+        z = torch.bmm(x, w_down.transpose(1, 2)).transpose(0, 1).contiguous()  # (L, B, r)
         if self.kernel_sizes:
-            z_map = z.transpose(1, 2).reshape(b, -1, *hw)
-            kernels = [torch.einsum("bm,mrokl->brokl", g[:, 2 + i], center.kernels[f"k{k}"])
-                       for i, k in enumerate(self.kernel_sizes)]
-            ys = [y.flatten(2).transpose(1, 2) for y in self._conv_path(z_map, kernels)]
+            ys = self._dynamic_convs(z, g[:, 2:], hw)
             if self.attn is not None:
-                weights = self.attn(sum(ys))  # (B, L, len(K))
-                out = sum(weights[..., i:i + 1] * y for i, y in enumerate(ys))
+                weights = self.attn(_total(ys))  # (L, B, len(K))
+                x = z
+                for i, y in enumerate(ys):
+                    x = torch.addcmul(x, weights[..., i:i + 1], y)
             else:
-                out = sum(ys)
-            x = out + z
+                x = z + _total(ys)
         else:
             x = z
-        x = F.gelu(x + self.proj(x))
+        x = F.gelu(F.linear(x, _plus_identity(self.proj.weight), self.proj.bias))
         w_up = torch.einsum("bm,mcr->bcr", g[:, 1], center.up)
-        x = torch.bmm(x, w_up.transpose(1, 2))  # (B, L, C)
+        scale, bias = self._branch_affine()
         if self.kernel_sizes:
-            x = x + self._dw(self.dwconv2, x, hw)
-        if self.layer_scale is not None:
-            x = self.layer_scale * x + self.layer_bias
+            x = torch.bmm(x.transpose(0, 1), w_up.transpose(1, 2))  # (B, L, C)
+            weight, conv_bias = _plus_identity(self.dwconv2.weight), self.dwconv2.bias
+            if scale is not None:
+                weight, conv_bias = weight * scale.view(-1, 1, 1, 1), conv_bias * scale
+            x = _token_dwconv(x, weight, conv_bias if bias is None else conv_bias + bias, hw)
+        else:
+            if scale is not None:
+                w_up = w_up * scale.view(-1, 1)
+            x = torch.bmm(x.transpose(0, 1), w_up.transpose(1, 2))
+            if bias is not None:
+                x = x + bias
         if self.res_scale is not None:
-            shortcut = self.res_scale * shortcut + self.res_bias
+            return torch.addcmul(x, shortcut, self.res_scale)
         return x + shortcut
+
+    def _branch_affine(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(scale, bias) of the adapter branch: layer_scale, and layer_bias + res_bias."""
+        biases = [p for p in (self.layer_bias, self.res_bias) if p is not None]
+        return self.layer_scale, (_total(biases) if biases else None)
+
+    def _dynamic_convs(self, z: torch.Tensor, gates: torch.Tensor,
+                       hw: tuple[int, int]) -> list[torch.Tensor]:
+        """The per-sample depthwise convs on z (L, B, r), laid out as conv_layout says.
+
+        gates (B, len(K), M) mix each kernel size's experts. Inputs and outputs stay
+        token-major, i.e. channels-last (1, B*r, H, W) images of B*r channels.
+        """
+        n, b, r = z.shape
+        outs: list[torch.Tensor] = []
+        for i, k in enumerate(self.kernel_sizes):
+            if i == 0 or self.conv_layout == "parallel":
+                inp = z
+            elif self.conv_layout == "sequential":
+                a = self.conv_res_scale
+                inp = torch.addcmul(a[2 * i - 2] * z, a[2 * i - 1], outs[-1])
+            else:  # sequential_no_residual
+                inp = outs[-1]
+            kernel = torch.einsum("bm,mrokl->brokl", gates[:, i], self.center.kernels[f"k{k}"])
+            image = inp.reshape(1, *hw, b * r).permute(0, 3, 1, 2)
+            y = _depthwise(image, kernel.reshape(b * r, 1, k, k))
+            outs.append(y.permute(0, 2, 3, 1).reshape(n, b, r))
+        return outs
 
 
 class ParaXState(nn.Module):
