@@ -101,6 +101,19 @@ def _git() -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
+def code_fingerprint() -> str:
+    """A short hash of the code that computes a cell (methods/, tasks/, benchmark/ sources)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for package in ("methods", "tasks", "benchmark"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def per_process_batch(global_batch: int, world_size: int) -> int:
     """Each DDP process loads global batch / world size, so every world size trains on the
     same global batch (the samplers deal rank r the items r::world of one seeded order)."""
@@ -161,8 +174,8 @@ def run_cell(cell: Cell, out: str | os.PathLike,
     if launcher == "pytorch":
         _setup_distributed(cfg, cuda)
     cfg.update(
-        # checkpoints of another configuration in the same folder are never resumed from
-        work_dir=str(Path(cell.work_dir) / cell.config_hash()),
+        # checkpoints of another configuration or code version are never resumed from
+        work_dir=str(Path(cell.work_dir) / f"{cell.config_hash()}-{code_fingerprint()}"),
         randomness=dict(seed=cell.seed, deterministic=False),
         launcher=launcher,
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if cuda else "gloo")),

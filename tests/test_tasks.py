@@ -95,16 +95,16 @@ def test_kill_after_checkpoint_and_resume_gives_identical_metrics(tmp_path, data
     with pytest.raises(Killed):
         train(tmp_path, "cifar100", data["cifar100"], iters=20, name="resumed", work_dir=work)
     assert not (tmp_path / "resumed.json").exists()
-    [checkpoint] = work.glob("*/iter_10.pth")  # work_dir/CONFIG_HASH/
+    [checkpoint] = work.glob("*/iter_10.pth")  # work_dir/CONFIG_HASH-CODE_HASH/
     monkeypatch.setattr(runner_module, "task_config", original)
     resumed, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="resumed",
                        work_dir=work)
     assert resumed["metrics"] == straight["metrics"]
-    assert checkpoint.parent.name == resumed["config_hash"]
+    assert checkpoint.parent.name == f"{resumed['config_hash']}-{runner_module.code_fingerprint()}"
     # Another configuration in the same work folder starts afresh instead of resuming.
     other, _ = train(tmp_path, "cifar100", data["cifar100"], iters=20, name="other",
                      work_dir=work, seed=1)
-    assert (work / other["config_hash"] / "iter_20.pth").exists()
+    assert len(list(work.glob(f"{other['config_hash']}-*/iter_20.pth"))) == 1
 
 
 def _copy(src, dst):
