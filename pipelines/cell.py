@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[cell] {cell.id}: not applicable ({reason}) -> {out}", flush=True)
         return 0
     from benchmark.launch import launch
+    from pipelines.data import ensure
 
+    ensure(params, cell.task)
     print(f"[cell] {cell.id} via {params['launcher']['kind']}", flush=True)
     return launch(train_args(params, cell), params["launcher"],
                   Path("work") / params["grid"]["profile"] / cell.id)

@@ -4,6 +4,7 @@ holding the dataset's fingerprint, which the cells that read the dataset depend 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,33 @@ def check_real(dataset: str, root: Path) -> None:
                      work_dir="unused", profile="paper"))
 
 
+def synthesize(params: dict, dataset: str) -> Path:
+    """Write the mini profile's synthetic ``dataset`` (deterministic) and return its root."""
+    from tasks.synthetic import generate
+
+    grid = params["grid"]
+    root = Path(grid["data_root"]) / dataset
+    sizes = {k: v for k, v in grid["tasks"][dataset].items() if k in ("train", "val")}
+    print(f"[data] writing synthetic {dataset} {sizes} to {root}", flush=True)
+    return generate(dataset, root, seed=0, **sizes)
+
+
+def ensure(params: dict, dataset: str) -> None:
+    """Before a mini cell: rewrite a synthetic dataset that is missing (a fresh clone has the
+    stamps but not the data) and check it is the one the stamp records."""
+    from tasks.synthetic import fingerprint
+
+    grid = params["grid"]
+    root = Path(grid["data_root"]) / dataset
+    if grid["profile"] != "mini" or root.is_dir():
+        return
+    stamp_path = Path("results/data") / grid["profile"] / f"{dataset}.json"
+    stamp = json.loads(stamp_path.read_text())
+    if fingerprint(synthesize(params, dataset)) != stamp["fingerprint"]:
+        raise ValueError(f"the regenerated {root} differs from {stamp_path}; "
+                         f"run `dvc repro -f data@{dataset}`")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", required=True)
@@ -34,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(grid["data_root"]) / args.dataset
     start = time.monotonic()
     if grid["profile"] == "mini":
-        from tasks.synthetic import generate
-
-        sizes = {k: v for k, v in grid["tasks"][args.dataset].items() if k in ("train", "val")}
-        print(f"[data] writing synthetic {args.dataset} {sizes} to {root}", flush=True)
-        generate(args.dataset, root, seed=0, **sizes)
+        synthesize(params, args.dataset)
     else:
         print(f"[data] checking {args.dataset} at {root}", flush=True)
         check_real(args.dataset, root)

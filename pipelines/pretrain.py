@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from benchmark.cli import main as cli
+from pipelines.data import ensure
 from pipelines.grid import load_params
 
 
@@ -15,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", required=True)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    grid = load_params(args.params)["grid"]
+    params = load_params(args.params)
+    grid = params["grid"]
+    ensure(params, "source")
     out = Path(grid["pretrained_root"]) / f"{args.backbone}.pth"
     return cli(["pretrain", "--backbone", args.backbone,
                 "--data", str(Path(grid["data_root"]) / "source"), "--out", str(out),

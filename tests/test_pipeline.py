@@ -217,3 +217,7 @@ def test_reduced_grid_through_dvc_repro(tmp_path):
     changed = {name for name in status if "@" in name}
     assert changed == {"dense@ade20k-swin-micro-parax-0", "classification@cifar100-swin-micro-parax-0",
                        "ablation@t14b-relu-0"}
+    # As on a fresh clone (stamps committed, synthetic data absent): the cells rewrite it.
+    shutil.rmtree(root / "data")
+    rerun = dvc(root, "repro")
+    assert rerun.stdout.count("Running stage '") == 5, rerun.stdout  # 3 cells, tables, page
