@@ -312,14 +312,17 @@ def write_tables(tables: dict[str, Any], out: str | Path) -> list[Path]:
     return written + [out / "tables.json"]
 
 
-def load_runs(params: dict[str, Any], cells: Iterable[Any], runs_dir: Path) -> list[Run]:
-    """The grid's result files, each validated; a cell without its file is an error."""
+def load_runs(cells: Iterable[Any], runs_dir: Path) -> tuple[list[Run], list[Path]]:
+    """(the grid's runs, result files outside the grid). Every JSON file in ``runs_dir`` is
+    read and validated once; a broken or foreign file, or a grid cell without its file, is an
+    error naming the path."""
     from .results import ResultFileError, load_result
 
+    results = {path.name: load_result(path) for path in sorted(runs_dir.glob("*.json"))}
     runs = []
     for cell in cells:
         path = runs_dir / f"{cell.id}.json"
-        if not path.is_file():
+        if path.name not in results:
             raise ResultFileError(f"{path}: result file of grid cell {cell.id} is missing")
-        runs.append(Run(cell, path, load_result(path)))
-    return runs
+        runs.append(Run(cell, path, results.pop(path.name)))
+    return runs, [runs_dir / name for name in results]

@@ -51,7 +51,7 @@ SWIN_B_DIMS, SWIN_B_DEPTHS, SWIN_B_STRIDES = (128, 256, 512, 1024), (2, 2, 18, 2
 INPUTS = {"512x512": (512, 512), "1280x800": (800, 1280)}  # name -> (height, width)
 MODULES = ("parax", "straightforward", "mona", "mona64")
 MODES = ("forward", "forward_backward")
-# The goals, on forward + backward, per input over one backbone's worth of modules.
+# The speed goals, on forward + backward, per input over one backbone's worth of modules.
 GOALS = {"speedup_over_straightforward": (">=", 1.5), "time_over_mona": ("<=", 1.25)}
 
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from benchmark.aggregate import Aggregator, load_runs, write_tables
-from benchmark.results import load_result
 from pipelines.grid import expand, load_params
 
 
@@ -20,17 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     profile = params["grid"]["profile"]
     runs_dir = Path(args.runs or f"results/runs/{profile}")
-    cells = expand(params)
-    wanted = {f"{c.id}.json" for c in cells}
-    # Every file in the folder must be a result; ones outside the current grid are left out.
-    stale = []
-    for path in sorted(runs_dir.glob("*.json")):
-        load_result(path)
-        if path.name not in wanted:
-            stale.append(path.name)
-    for name in stale:
-        print(f"[aggregate] not in the current grid, left out: {runs_dir / name}", flush=True)
-    runs = load_runs(params, cells, runs_dir)
+    runs, stale = load_runs(expand(params), runs_dir)
+    for path in stale:
+        print(f"[aggregate] not in the current grid, left out: {path}", flush=True)
     tables = Aggregator(params, runs).tables()
     written = write_tables(tables, args.out or f"results/tables/{profile}")
     print(f"[aggregate] {len(runs)} cells -> {len(tables['sections'])} tables, "
