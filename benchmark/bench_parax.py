@@ -30,10 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +42,7 @@ from methods.parax import ExpertCenter, ParaXConfig, ParaXModule
 
 from .io import write_json_atomic
 from .parax_straightforward import StraightforwardParaXModule
+from .timing import device_name, summarise, time_ms
 
 # Swin-B: channel width, blocks and stride of each stage (two ParaX modules per block).
 SWIN_B_DIMS, SWIN_B_DEPTHS, SWIN_B_STRIDES = (128, 256, 512, 1024), (2, 2, 18, 2), (4, 8, 16, 32)
@@ -116,48 +114,6 @@ def make_step(module: nn.Module, case: Case, mode: str, batch: int,
         out.backward(grad)
         return out
     return forward_backward
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(steps: dict[str, Callable[[], object]], device: torch.device, warmup: int,
-            iters: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each step. The steps take turns (in a rotating order), so a
-    slow spell of the machine hits them alike and their ratios stay fair."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    names = list(steps)
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(iters):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            _sync(device)
-            start = time.perf_counter()
-            steps[name]()
-            _sync(device)
-            out[name].append((time.perf_counter() - start) * 1e3)
-    return out
-
-
-def summarise(samples: list[float]) -> dict[str, float]:
-    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-    return {"median_ms": median, "q1_ms": q1, "q3_ms": q3, "iqr_ms": q3 - q1,
-            "min_ms": min(samples), "n": len(samples)}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(cases: list[Case], kinds: tuple[str, ...], device: torch.device, batch: int,

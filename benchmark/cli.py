@@ -83,6 +83,40 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> tuple[int, int]:
+    """'1280x800' (width x height) -> (height, width)."""
+    width, sep, height = text.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x800, got {text!r}")
+    return int(height), int(width)
+
+
+def cmd_efficiency(args: argparse.Namespace) -> int:
+    from .efficiency import Setting, default_entries, frame, run
+    from .io import write_json_atomic
+
+    height, width = args.size
+    setting = Setting(backbone=args.backbone, task=args.task, height=height, width=width,
+                      batch=args.batch, budget=None if args.budget == "none" else args.budget,
+                      device=args.device, amp=args.amp, warmup=args.warmup, iters=args.iters,
+                      latency_batch=args.latency_batch, latency_iters=args.latency_iters,
+                      seed=args.seed)
+    result = run(setting, args.method or default_entries(), isolate=not args.no_isolate,
+                 log=lambda line: print(line, file=sys.stderr, flush=True))
+    for note in result["skipped"]:
+        print(f"skipped: {note}", file=sys.stderr)
+    if args.out:
+        write_json_atomic(args.out, result)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    elif args.format == "csv":
+        frame(result).to_csv(sys.stdout, index=False)
+    else:
+        print(f"{result['description']} on {result['device']} (torch {result['torch']})")
+        print(frame(result).to_string(index=False, na_rep="-"))
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from tasks.synthetic import fingerprint, generate
 
@@ -177,6 +211,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="trained weights (release or parax-bench naming)")
     p.add_argument("--out", required=True, help="where to write the merged state dict")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser(
+        "efficiency", help="training throughput, peak memory, checkpoint size and latency per "
+                           "method (the paper's Table 15; its setting by default)",
+        description="Each method is measured in a fresh process, backbone only: a training step "
+                    "(forward, backward, AdamW) at --size and --batch, and inference latency at "
+                    "--latency-batch before and after merging. Ratios are to full fine-tuning "
+                    "and to the frozen backbone. Defaults are Table 15's (Swin-L, 1280x800, "
+                    "batch 4, on a GPU); on CPU use e.g. --backbone swin-micro --size 512x512 "
+                    "--device cpu --budget 14%%.")
+    p.add_argument("--backbone", default="swin-l", metavar="B")
+    p.add_argument("--task", default="coco_instance", metavar="T",
+                   help="paper configuration the methods take, and dense or pooled features "
+                        "(default: coco_instance, Table 15's Mask R-CNN)")
+    p.add_argument("--method", nargs="+", metavar="M",
+                   help="methods, optionally with options: parax 'parax[convs=false]' "
+                        "(default: every registered method plus ParaX without convs)")
+    p.add_argument("--size", type=_size, default=(800, 1280), metavar="WxH",
+                   help="input width x height (default 1280x800)")
+    p.add_argument("--batch", type=int, default=4, help="training batch (default 4)")
+    p.add_argument("--budget", default="paper", metavar="B",
+                   help="size each method's width knob as `params --budget` (default: paper); "
+                        "'none' keeps the released widths")
+    p.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    p.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
+                   help="autocast dtype (default none: fp32)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--iters", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--latency-batch", type=int, default=1, help="images per inference call")
+    p.add_argument("--latency-iters", type=int, default=30, help="timed inference calls")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-isolate", action="store_true",
+                   help="measure every method in this process (faster; on CPU the peak "
+                        "memory is then not measured)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--out", help="also write the JSON here (atomically)")
+    p.set_defaults(func=cmd_efficiency)
 
     p = sub.add_parser("synth", help="write a synthetic dataset in its real on-disk format")
     p.add_argument("--dataset", required=True)

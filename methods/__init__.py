@@ -15,7 +15,7 @@ from .base import (MethodConfig, NotApplicableError, NotMergeableError, PEFTMeth
 from .backbones import BACKBONES, BackboneSpec, UnknownBackboneError, create_backbone, get_backbone
 from .build import build, count_trainable, method_for
 from .hosts import BackboneHost, Site, SiteNotSupported
-from .merge import merge
+from .merge import merge, merge_in_place
 from .registry import ENTRY_POINT_GROUP, UnknownMethodError, available_methods, get_method, register_method
 
 # Built-in methods register themselves on import.
@@ -25,5 +25,5 @@ __all__ = [
     "BACKBONES", "BackboneHost", "BackboneSpec", "ENTRY_POINT_GROUP", "MethodConfig",
     "NotApplicableError", "NotMergeableError", "PEFTMethod", "Site", "SiteNotSupported", "UnknownBackboneError",
     "UnknownMethodError", "apply_method", "available_methods", "build", "count_trainable", "create_backbone",
-    "get_backbone", "get_method", "merge", "method_for", "register_method", "width_field",
+    "get_backbone", "get_method", "merge", "merge_in_place", "method_for", "register_method", "width_field",
 ]

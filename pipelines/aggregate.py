@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from benchmark.aggregate import Aggregator, load_runs, write_tables
+from benchmark.efficiency import load as load_efficiency
 from pipelines.grid import expand, load_params
 
 
@@ -15,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--runs", help="result folder (default: results/runs/PROFILE)")
     parser.add_argument("--out", help="tables folder (default: results/tables/PROFILE)")
+    parser.add_argument("--efficiency", help="efficiency result (default: "
+                                             "results/efficiency/PROFILE.json); 'none' leaves "
+                                             "the efficiency table out")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     profile = params["grid"]["profile"]
@@ -22,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     runs, stale = load_runs(expand(params), runs_dir)
     for path in stale:
         print(f"[aggregate] not in the current grid, left out: {path}", flush=True)
-    tables = Aggregator(params, runs).tables()
+    efficiency = None if args.efficiency == "none" else load_efficiency(
+        args.efficiency or f"results/efficiency/{profile}.json")
+    tables = Aggregator(params, runs, efficiency).tables()
     written = write_tables(tables, args.out or f"results/tables/{profile}")
     print(f"[aggregate] {len(runs)} cells -> {len(tables['sections'])} tables, "
           f"{len(written)} files in {written[-1].parent}", flush=True)

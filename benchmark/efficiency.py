@@ -1,0 +1,434 @@
+"""Training and inference cost of PEFT methods on one backbone: the paper's Table 15, extended.
+
+For each method (backbone only, as Table 15): training throughput (img/s of a full training
+step: forward, backward and an AdamW step over the trainable parameters), peak memory of
+training, trainable parameters, the size of a checkpoint of the trainable state, and
+inference latency before and, where the method merges, after merging. Every figure also
+comes as a ratio to full fine-tuning and to the frozen backbone; both are always measured.
+
+Measuring:
+- each method runs in a fresh process (spawned), so allocator caches, peak-memory marks and
+  thread pools of one method never leak into another's figures;
+- a training step is ``forward_features`` of the dense (or classification) backbone, the sum
+  of the means of its outputs as the loss, backward and ``AdamW.step``; the frozen backbone
+  (linear probing: nothing in the backbone trains) runs its forward without autograd;
+- warm-up steps, then timed steps (CUDA synchronised around each); the JSON keeps median,
+  quartiles and IQR; img/s = batch / median step time;
+- peak memory: on CUDA ``max_memory_allocated`` over the timed training (weights, gradients,
+  optimizer state, activations); on CPU the process's peak resident set (VmHWM) above its
+  resident set before the model was built (the same things plus allocator slack);
+- latency: eval mode, ``inference_mode``, ``latency_batch`` images; "merged" is the same host
+  after ``merge_in_place`` (the backbone alone, through the same forward).
+"""
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import yaml
+
+from methods import (NotApplicableError, NotMergeableError, build, get_backbone, get_method,
+                     merge_in_place)
+from tasks import get_task
+
+from .budget import parse_budget
+from .params import sized_options
+from .reported import reported_table
+from .timing import device_name, summarise, time_ms
+
+FULL, FROZEN = "full", "linear"  # the two references every ratio is taken to
+AMP = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Table 15 of the paper: Swin-L Mask R-CNN on COCO, 1280x800, batch 4, one L40S.
+TABLE15 = {"table": "15", "dataset": "COCO2017 1280x800 bs4 L40S", "backbone": "Swin-L"}
+# Table 15 rows that are a registered method with options: (method, options, paper row).
+PAPER_VARIANTS = [("parax", {"convs": False}, "AdaRoute-noconv")]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What is measured, where. The defaults are Table 15's (on a GPU)."""
+
+    backbone: str = "swin-l"
+    task: str = "coco_instance"  # whose paper configuration the methods take (and dense or not)
+    height: int = 800
+    width: int = 1280
+    batch: int = 4
+    budget: str | None = "paper"  # sizes each method's width knob, as `params --budget`
+    device: str = "cuda"
+    amp: str = "none"  # none | fp16 (CUDA) | bf16
+    warmup: int = 3
+    iters: int = 10  # timed training steps
+    latency_batch: int = 1
+    latency_iters: int = 30  # timed inference calls (cheap; more of them steady the median)
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("height", "width", "batch", "latency_batch"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"efficiency: {key} must be a positive integer, got {value!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"efficiency: warmup must be an integer >= 0, got {self.warmup!r}")
+        for key in ("iters", "latency_iters"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ValueError(f"efficiency: {key} must be an integer >= 2 (a median and "
+                                 f"quartiles need samples), got {value!r}")
+        if self.amp not in AMP:
+            raise ValueError(f"efficiency: amp must be one of {', '.join(AMP)}, got {self.amp!r}")
+        get_backbone(self.backbone)
+        get_task(self.task)
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"efficiency: unknown device {self.device!r} ({exc})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"efficiency: device {self.device!r} requested but CUDA is not "
+                             f"available here; use --device cpu (and a small backbone and size)")
+        if self.amp == "fp16" and device.type != "cuda":
+            raise ValueError("efficiency: fp16 autocast is for CUDA; use --amp bf16 on CPU")
+        if self.budget is not None:
+            parse_budget(str(self.budget))
+
+    def describe(self) -> str:
+        amp = "" if self.amp == "none" else f", {self.amp} autocast"
+        return (f"{self.backbone}, {self.width}x{self.height}, batch {self.batch}, "
+                f"{self.device}{amp}, backbone only")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row: a registered method, optionally with options (``parax[convs=false]``)."""
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        if not self.options:
+            return self.method
+        inner = ",".join(f"{k}={json.dumps(v)}" for k, v in self.options.items())
+        return f"{self.method}[{inner}]"
+
+    @property
+    def paper_name(self) -> str | None:
+        for method, options, paper in PAPER_VARIANTS:
+            if (method, options) == (self.method, self.options):
+                return paper
+        return None if self.options else get_method(self.method).paper_name
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return parts + [current]
+
+
+def parse_entry(text: str) -> Entry:
+    """``METHOD`` or ``METHOD[KEY=VALUE,...]`` (values in YAML: false, 64, [3,5])."""
+    text = text.strip()
+    method, bracket, rest = text.partition("[")
+    options: dict[str, Any] = {}
+    if bracket:
+        if not rest.endswith("]") or not rest[:-1].strip():
+            raise ValueError(f"efficiency: expected METHOD or METHOD[KEY=VALUE,...], got {text!r}")
+        for item in _split_top_level(rest[:-1]):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"efficiency: expected KEY=VALUE inside the brackets of "
+                                 f"{text!r}, got {item!r}")
+            options[key.strip()] = yaml.safe_load(value)
+    get_method(method)  # unknown names fail here, listing the registered ones
+    return Entry(method, options)
+
+
+def default_entries() -> list[str]:
+    """Every registered method, plus Table 15's extra rows (ParaX without convs)."""
+    from methods import available_methods
+
+    return list(available_methods()) + [Entry(m, o).name for m, o, _ in PAPER_VARIANTS]
+
+
+def entry_options(setting: Setting, entry: Entry,
+                  overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The method's options: its overrides sized to the budget, then the entry's own options
+    (Table 15's 'without convs' row is the budget's ParaX minus its convs)."""
+    budget = parse_budget(str(setting.budget)) if setting.budget is not None else None
+    base = dict((overrides or {}).get(entry.method) or {})
+    return {**sized_options(setting.backbone, entry.method, setting.task, base, budget),
+            **entry.options}
+
+
+def trainable_state(host) -> dict[str, torch.Tensor]:
+    """What a checkpoint of the fine-tuned part holds: the trainable parameters by name."""
+    return {name: p.detach() for name, p in host.model.named_parameters() if p.requires_grad}
+
+
+def _rss_kb(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def measure(setting: Setting, method: str, options: dict[str, Any],
+            fresh_process: bool = False) -> dict[str, Any]:
+    """Every figure of one method, in this process (``run`` calls it in a fresh one). On CPU
+    the peak memory is only measured in a fresh process: in a used one, memory that earlier
+    work freed but the allocator kept hides the method's own."""
+    device = torch.device(setting.device)
+    dtype = AMP[setting.amp]
+    baseline_kb = _rss_kb("VmRSS")
+    torch.manual_seed(setting.seed)
+    host = build(setting.backbone, method, setting.task, device=device, **options)
+    params = host.trainable_parameters()
+    buf = io.BytesIO()
+    torch.save(trainable_state(host), buf)
+    g = torch.Generator(device=device).manual_seed(setting.seed)
+    x = torch.randn(setting.batch, 3, setting.height, setting.width, generator=g, device=device)
+    x_latency = torch.randn(setting.latency_batch, 3, setting.height, setting.width,
+                            generator=g, device=device)
+    dense = host.dense
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def features(inputs: torch.Tensor) -> list[torch.Tensor]:
+        return host.forward_features(inputs) if dense else [host.forward_pooled(inputs)]
+
+    optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+    scaler = torch.amp.GradScaler("cuda") if setting.amp == "fp16" else None
+
+    def train_step() -> None:
+        if optimizer is None:  # the frozen backbone: nothing trains, no autograd
+            with torch.no_grad(), autocast():
+                features(x)
+            return
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = sum(f.float().mean() for f in features(x))
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    host.model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_ms = time_ms({"train": train_step}, device, setting.warmup, setting.iters)["train"]
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        memory_kind = "CUDA max_memory_allocated"
+    elif fresh_process:
+        peak_kb = _rss_kb("VmHWM")
+        peak_mb = None if peak_kb is None or baseline_kb is None else (peak_kb - baseline_kb) / 1024
+        memory_kind = "peak resident set above the pre-build baseline"
+    else:
+        peak_mb, memory_kind = None, "not measured (CPU memory needs a fresh process)"
+    del optimizer
+    for p in params:
+        p.grad = None
+
+    host.model.eval()
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast():
+            features(x_latency)
+
+    def time_infer() -> dict[str, float]:
+        return summarise(time_ms({"infer": infer}, device, setting.warmup,
+                                 setting.latency_iters)["infer"])
+
+    latency = {"unmerged": time_infer(), "merged": None}
+    if not host.added_state_keys():
+        merge_note = "nothing attached"
+    else:
+        try:
+            merge_in_place(host)
+        except NotMergeableError as exc:
+            merge_note = str(exc)
+        else:
+            merge_note = "merged"
+            latency["merged"] = time_infer()
+    step = summarise(train_ms)
+    return {
+        "trainable_params": sum(p.numel() for p in params),
+        "checkpoint_bytes": len(buf.getvalue()),
+        "train_step_ms": step,
+        "train_img_s": {"median": setting.batch / step["median_ms"] * 1e3,
+                        "q1": setting.batch / step["q3_ms"] * 1e3,
+                        "q3": setting.batch / step["q1_ms"] * 1e3},
+        "peak_memory_mb": peak_mb, "memory_kind": memory_kind,
+        "latency_ms": latency, "merge": merge_note,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _isolated(setting: Setting, method: str, options: dict[str, Any]) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(measure, setting, method, options, True).result()
+
+
+# Figures of a row compared across rows: (name, how to read it from a row, higher is better).
+RATIO_FIGURES: dict[str, Callable[[dict], float | None]] = {
+    "train_img_s": lambda r: r["train_img_s"]["median"],
+    "peak_memory": lambda r: r["peak_memory_mb"],
+    "trainable_params": lambda r: r["trainable_params"],
+    "checkpoint": lambda r: r["checkpoint_bytes"],
+    "latency": lambda r: r["latency_ms"]["unmerged"]["median_ms"],
+    "merged_latency": lambda r: (r["latency_ms"]["merged"] or {}).get("median_ms"),
+}
+
+
+def _ratios(row: dict, ref: dict) -> dict[str, float | None]:
+    out = {}
+    for key, read in RATIO_FIGURES.items():
+        mine = read(row)
+        theirs = read(ref) if key != "merged_latency" else RATIO_FIGURES["latency"](ref)
+        out[key] = mine / theirs if mine is not None and theirs else None
+    return out
+
+
+def reported(entry: Entry) -> dict[str, Any] | None:
+    """Table 15's figures of the entry's paper row, with ratios to the paper's full tuning."""
+    if entry.paper_name is None:
+        return None
+    df = reported_table()
+    df = df[(df.table == TABLE15["table"]) & (df.backbone == TABLE15["backbone"])]
+
+    def value(method: str, metric: str) -> float | None:
+        rows = df[(df.method == method) & (df.metric == metric)]
+        return float(rows.value.iloc[0]) if len(rows) else None
+
+    img_s, mem = value(entry.paper_name, "train_throughput_img_s"), value(entry.paper_name,
+                                                                          "train_memory_gb")
+    if img_s is None:
+        return None
+    full_img_s = value("Full-tuning", "train_throughput_img_s")
+    full_mem = value("Full-tuning", "train_memory_gb")
+    params = df[df.method == entry.paper_name].params_m
+    return {"method": entry.paper_name, "params_m": float(params.iloc[0]), "train_img_s": img_s,
+            "train_memory_gb": mem, "train_img_s_to_full": img_s / full_img_s,
+            "peak_memory_to_full": mem / full_mem}
+
+
+def run(setting: Setting, entries: Iterable[str], overrides: dict[str, dict] | None = None,
+        isolate: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure every entry (plus the two references) and return the result document."""
+    setting.validate()
+    parsed = [parse_entry(e) for e in entries]
+    names = [e.name for e in parsed]
+    for ref in (FULL, FROZEN):
+        if ref not in names:
+            parsed.append(Entry(ref))
+            names.append(ref)
+    if len(set(names)) != len(names):
+        raise ValueError(f"efficiency: an entry is listed twice: {names}")
+    rows, skipped = [], []
+    start = time.monotonic()
+    measure_fn = _isolated if isolate else measure
+    for i, entry in enumerate(parsed, 1):
+        try:
+            options = entry_options(setting, entry, overrides)
+        except NotApplicableError as exc:
+            skipped.append(f"{entry.name}: {exc}")
+            log(f"[efficiency] {i}/{len(parsed)} {entry.name}: skipped ({exc})")
+            continue
+        figures = measure_fn(setting, entry.method, options)
+        rows.append({"name": entry.name, "method": entry.method, "options": options,
+                     "paper_name": entry.paper_name, **figures, "reported": reported(entry)})
+        elapsed = time.monotonic() - start
+        log(f"[efficiency] {i}/{len(parsed)} {entry.name}: "
+            f"{figures['train_img_s']['median']:.2f} img/s, "
+            f"{figures['trainable_params']:,} trainable "
+            f"({elapsed:.0f}s elapsed, ETA {elapsed / i * (len(parsed) - i):.0f}s)")
+    by_name = {r["name"]: r for r in rows}
+    for row in rows:
+        row["ratios"] = {"to_full": _ratios(row, by_name[FULL]),
+                         "to_frozen": _ratios(row, by_name[FROZEN])}
+    device = torch.device(setting.device)
+    return {"setting": asdict(setting), "description": setting.describe(),
+            "device": device_name(device), "device_type": device.type,
+            "torch": torch.__version__, "isolated": isolate,
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+            "reported_source": "Table 15: Swin-L Mask R-CNN, COCO 1280x800, batch 4, one L40S",
+            "rows": rows, "skipped": skipped}
+
+
+def frame(result: dict[str, Any]):
+    """The result as a flat table for the terminal and CSV: absolute figures, then ratios."""
+    import pandas as pd
+
+    def fmt(value: float | None, digits: int = 2) -> float | None:
+        return None if value is None else round(value, digits)
+
+    records = []
+    for r in result["rows"]:
+        to_full, to_frozen, rep = r["ratios"]["to_full"], r["ratios"]["to_frozen"], r["reported"]
+        merged = r["latency_ms"]["merged"]
+        records.append({
+            "method": r["name"],
+            "trainable_params": r["trainable_params"],
+            "checkpoint_mb": fmt(r["checkpoint_bytes"] / 2**20, 3),
+            "train_img_s": fmt(r["train_img_s"]["median"]),
+            "img_s_x_full": fmt(to_full["train_img_s"]),
+            "img_s_x_frozen": fmt(to_frozen["train_img_s"]),
+            "peak_mem_mb": fmt(r["peak_memory_mb"], 1),
+            "mem_x_full": fmt(to_full["peak_memory"]),
+            "mem_x_frozen": fmt(to_frozen["peak_memory"]),
+            "latency_ms": fmt(r["latency_ms"]["unmerged"]["median_ms"]),
+            "merged_latency_ms": fmt(merged["median_ms"]) if merged else None,
+            "latency_x_frozen": fmt(to_frozen["latency"]),
+            "merged_x_frozen": fmt(to_frozen["merged_latency"]),
+            "paper_img_s_x_full": fmt(rep["train_img_s_to_full"]) if rep else None,
+            "paper_mem_x_full": fmt(rep["peak_memory_to_full"]) if rep else None,
+        })
+    return pd.DataFrame(records)
+
+
+ROW_KEYS = ("name", "method", "options", "trainable_params", "checkpoint_bytes", "train_img_s",
+            "peak_memory_mb", "latency_ms", "merge", "ratios", "reported")
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """An efficiency result file, checked for what the leaderboard reads; a broken or foreign
+    file is an error naming the path."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: efficiency result not found (run the `efficiency` "
+                                f"stage or `parax-bench efficiency --out {path}`)") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a JSON efficiency result ({exc})") from None
+    if not isinstance(result, dict) or not {"setting", "description", "device", "rows"} <= set(result):
+        raise ValueError(f"{path}: not a parax-bench efficiency result (expected keys setting, "
+                         f"description, device, rows)")
+    for i, row in enumerate(result["rows"]):
+        missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ValueError(f"{path}: rows[{i}] is missing {missing}")
+    return result

@@ -1,0 +1,130 @@
+"""`dvc repro` with the grid's cells run N at a time (DVC itself runs stages one by one).
+
+1. ``dvc repro`` of the stages the cells read (``data@``, ``pretrain@``);
+2. every cell stage that is out of date (all of them with ``--force``) runs its own command,
+   ``--jobs`` at a time, each logging to ``work/PROFILE/logs/STAGE.log``;
+3. ``dvc commit`` records the finished cells in dvc.lock, exactly as if DVC had run them;
+4. ``dvc repro`` runs what is left (efficiency table, aggregation, page).
+
+A cell computes the same numbers either way: cells do not share state, and each keeps its
+own thread count (OMP_WAIT_POLICY=PASSIVE only stops idle threads spinning on the shared
+cores). ``--jobs 1`` is plain ``dvc repro``. A failing cell stops new launches; the cells that
+finished are still recorded, and the exit status is non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from pipelines.grid import load_params
+
+UPSTREAM = ("data@", "pretrain@")
+CELLS = ("dense@", "classification@", "pose@", "remote_sensing@", "ablation@")
+
+
+def dvc(*args: str) -> None:
+    cmd = [sys.executable, "-m", "dvc", *args]
+    print(f"[parallel] {shlex.join(['dvc', *args])}", flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit(f"[parallel] failed: {shlex.join(['dvc', *args])}")
+
+
+def stages() -> tuple[dict[str, str], set[str]]:
+    """(stage name -> command, the names of out-of-date stages)."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        commands = {s.addressing: s.cmd for s in repo.index.stages}
+        stale = set(repo.status())
+    return commands, stale
+
+
+def _task(command: str) -> str:
+    args = shlex.split(command)
+    return args[args.index("--task") + 1]
+
+
+def run_cells(names: list[str], commands: dict[str, str], jobs: int, log_dir: Path) -> list[str]:
+    """Run the cells' commands ``jobs`` at a time; return the names that succeeded."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, done, failed = list(names), [], []
+    start = time.monotonic()
+
+    def one(name: str) -> tuple[str, int, float]:
+        t0 = time.monotonic()
+        with open(log_dir / f"{name}.log", "w") as log:
+            code = subprocess.run(commands[name], shell=True, stdout=log,
+                                  stderr=subprocess.STDOUT, env=env).returncode
+        return name, code, time.monotonic() - t0
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running = {pool.submit(one, pending.pop(0)) for _ in range(min(jobs, len(pending)))}
+        while running:
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name, code, seconds = future.result()
+                (done if code == 0 else failed).append(name)
+                elapsed = time.monotonic() - start
+                n = len(done) + len(failed)
+                eta = elapsed / n * (len(names) - n)
+                state = "ok" if code == 0 else f"FAILED (exit {code}, log {log_dir / name}.log)"
+                print(f"[parallel] {n}/{len(names)} {name}: {state} in {seconds:.0f}s "
+                      f"({elapsed:.0f}s elapsed, ETA {eta:.0f}s)", flush=True)
+                if code != 0:
+                    tail = (log_dir / f"{name}.log").read_text().splitlines()[-20:]
+                    print("\n".join(tail), file=sys.stderr, flush=True)
+                if pending and not failed:
+                    running.add(pool.submit(one, pending.pop(0)))
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("PARAX_BENCH_JOBS", 2)),
+                        help="cells at a time (default: $PARAX_BENCH_JOBS or 2)")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="recompute every stage, as `dvc repro -f`")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    force = ["-f"] if args.force else []
+    if args.jobs == 1:
+        dvc("repro", *force)
+        return 0
+    params = load_params(args.params)
+    commands, stale = stages()
+    upstream = [n for n in commands if n.startswith(UPSTREAM) and (args.force or n in stale)]
+    if upstream:
+        dvc("repro", *force, *upstream)
+        commands, stale = stages()
+    cells = [n for n in commands if n.startswith(CELLS) and (args.force or n in stale)]
+    if cells:
+        from pipelines.data import ensure
+
+        # A fresh clone has the synthetic datasets' stamps but not the data: write each once
+        # here rather than from two cells at the same time.
+        for task in dict.fromkeys(_task(commands[n]) for n in cells):
+            ensure(params, task)
+        print(f"[parallel] {len(cells)} cells, {args.jobs} at a time", flush=True)
+        done = run_cells(cells, commands, args.jobs,
+                         Path("work") / params["grid"]["profile"] / "logs")
+        if done:
+            dvc("commit", "-f", "-q", *done)
+        if len(done) < len(cells):
+            return 1
+    rest = [n for n in commands if not n.startswith(UPSTREAM + CELLS)]
+    dvc("repro", *(["-f", "--single-item", *rest] if args.force else []))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
