@@ -169,6 +169,7 @@ def entry_options(setting: Setting, entry: Entry,
                   overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The method's options: its overrides sized to the budget, then the entry's own options
     (Table 15's 'without convs' row is the budget's ParaX minus its convs)."""
+    get_method(entry.method).check_applicable(get_backbone(setting.backbone).family)
     budget = parse_budget(str(setting.budget)) if setting.budget is not None else None
     base = dict((overrides or {}).get(entry.method) or {})
     return {**sized_options(setting.backbone, entry.method, setting.task, base, budget),

@@ -13,7 +13,7 @@ from benchmark.aggregate import Aggregator, method_label
 from benchmark.cli import main
 from benchmark.efficiency import Entry, Setting, parse_entry, run, trainable_state
 from benchmark.params import count_row
-from methods import available_methods, build
+from methods import available_methods, build, get_method
 from pipelines.efficiency import setting_of
 
 TINY = ["--backbone", "swin-micro", "--task", "coco_instance", "--size", "64x64", "--batch", "2",
@@ -181,3 +181,12 @@ def test_cuda_fp16_with_synchronised_timing():
     assert result["device_type"] == "cuda"
     assert all(r["memory_kind"] == "CUDA max_memory_allocated" for r in rows.values())
     assert rows["lora"]["latency_ms"]["merged"] is not None
+
+
+def test_not_applicable_method_is_skipped_with_the_reason():
+    setting = Setting(backbone="convnext-micro", task="coco_instance", height=64, width=64,
+                      batch=2, budget=None, device="cpu", warmup=0, iters=2, latency_iters=2)
+    result = run(setting, ["vpt"], isolate=False, log=lambda line: None)
+    assert [r["name"] for r in result["rows"]] == ["full", "linear"]
+    assert result["skipped"] == ["vpt: vpt is not applicable to convnext backbones: "
+                                 + get_method("vpt").not_applicable["convnext"]]
