@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the merged state dict")
     p.set_defaults(func=cmd_merge)
 
+    from .efficiency import Setting
+
+    d = Setting()  # Table 15's setting
     p = sub.add_parser(
         "efficiency", help="training throughput, peak memory, checkpoint size and latency per "
                            "method (the paper's Table 15; its setting by default)",
@@ -219,29 +222,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "(forward, backward, AdamW) at --size and --batch, and inference latency at "
                     "--latency-batch before and after merging. Ratios are to full fine-tuning "
                     "and to the frozen backbone. Defaults are Table 15's (Swin-L, 1280x800, "
-                    "batch 4, on a GPU); on CPU use e.g. --backbone swin-micro --size 512x512 "
-                    "--device cpu --budget 14%%.")
-    p.add_argument("--backbone", default="swin-l", metavar="B")
-    p.add_argument("--task", default="coco_instance", metavar="T",
+                    "batch 4, on a GPU); on CPU use e.g. --backbone swin-micro --size 256x256 "
+                    "--device cpu --budget 14%.")
+    p.add_argument("--backbone", default=d.backbone, metavar="B")
+    p.add_argument("--task", default=d.task, metavar="T",
                    help="paper configuration the methods take, and dense or pooled features "
                         "(default: coco_instance, Table 15's Mask R-CNN)")
     p.add_argument("--method", nargs="+", metavar="M",
                    help="methods, optionally with options: parax 'parax[convs=false]' "
                         "(default: every registered method plus ParaX without convs)")
-    p.add_argument("--size", type=_size, default=(800, 1280), metavar="WxH",
-                   help="input width x height (default 1280x800)")
-    p.add_argument("--batch", type=int, default=4, help="training batch (default 4)")
-    p.add_argument("--budget", default="paper", metavar="B",
+    p.add_argument("--size", type=_size, default=(d.height, d.width), metavar="WxH",
+                   help=f"input width x height (default {d.width}x{d.height})")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"training batch (default {d.batch})")
+    p.add_argument("--budget", default=d.budget, metavar="B",
                    help="size each method's width knob as `params --budget` (default: paper); "
                         "'none' keeps the released widths")
-    p.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
-    p.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
+    p.add_argument("--device", default=d.device, help="cuda (default), cuda:N or cpu")
+    p.add_argument("--amp", choices=("none", "fp16", "bf16"), default=d.amp,
                    help="autocast dtype (default none: fp32)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--iters", type=int, default=10, help="timed steps (default 10)")
-    p.add_argument("--latency-batch", type=int, default=1, help="images per inference call")
-    p.add_argument("--latency-iters", type=int, default=30, help="timed inference calls")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first")
+    p.add_argument("--iters", type=int, default=d.iters, help="timed training steps")
+    p.add_argument("--latency-batch", type=int, default=d.latency_batch,
+                   help="images per inference call")
+    p.add_argument("--latency-iters", type=int, default=d.latency_iters,
+                   help="timed inference calls")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-isolate", action="store_true",
                    help="measure every method in this process (faster; on CPU the peak "
                         "memory is then not measured)")

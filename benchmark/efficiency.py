@@ -293,7 +293,7 @@ def _isolated(setting: Setting, method: str, options: dict[str, Any]) -> dict[st
         return pool.submit(measure, setting, method, options, True).result()
 
 
-# Figures of a row compared across rows: (name, how to read it from a row, higher is better).
+# The figures ratios are taken of: name -> how to read it from a row (None: not measured).
 RATIO_FIGURES: dict[str, Callable[[dict], float | None]] = {
     "train_img_s": lambda r: r["train_img_s"]["median"],
     "peak_memory": lambda r: r["peak_memory_mb"],
