@@ -207,58 +207,6 @@ class Aggregator:
                                                 f"(ParaX on {task}, {backbone})",
                 "kind": "ablation", "columns": columns, "rows": rows}
 
-    def efficiency(self) -> dict[str, Any] | None:
-        """Table 15's measurement: absolute figures, ratios to full fine-tuning and to the
-        frozen backbone, and the paper's ratios to its full tuning (Swin-L on an L40S)."""
-        result = self.efficiency_result
-        if result is None:
-            return None
-        figures = [
-            ("params_m", "Params (M)", lambda r: r["trainable_params"] / 1e6, 3),
-            ("checkpoint_mb", "Checkpoint (MB)", lambda r: r["checkpoint_bytes"] / 2**20, 2),
-            ("img_s", "Train img/s", lambda r: r["train_img_s"]["median"], 2),
-            ("img_s:full", "img/s ×full", lambda r: r["ratios"]["to_full"]["train_img_s"], 2),
-            ("img_s:frozen", "img/s ×frozen", lambda r: r["ratios"]["to_frozen"]["train_img_s"], 2),
-            ("mem_mb", "Peak memory (MB)", lambda r: r["peak_memory_mb"], 1),
-            ("mem:full", "Memory ×full", lambda r: r["ratios"]["to_full"]["peak_memory"], 2),
-            ("mem:frozen", "Memory ×frozen", lambda r: r["ratios"]["to_frozen"]["peak_memory"], 2),
-            ("latency_ms", "Latency (ms)", lambda r: r["latency_ms"]["unmerged"]["median_ms"], 2),
-            ("latency:frozen", "Latency ×frozen", lambda r: r["ratios"]["to_frozen"]["latency"], 2),
-            ("merged_ms", "Merged latency (ms)",
-             lambda r: (r["latency_ms"]["merged"] or {}).get("median_ms"), 2),
-            ("merged:frozen", "Merged ×frozen",
-             lambda r: r["ratios"]["to_frozen"]["merged_latency"], 2),
-        ]
-        paper = [
-            ("paper:params_m", "Params (paper)", "params_m", 1),
-            ("paper:img_s:full", "img/s ×full (paper)", "train_img_s_to_full", 2),
-            ("paper:mem:full", "Memory ×full (paper)", "peak_memory_to_full", 2),
-        ]
-        columns = [{"key": "method", "label": "Method", "numeric": False}]
-        columns += [{"key": k, "label": label, "numeric": True} for k, label, _, _ in figures]
-        columns += [{"key": k, "label": label, "numeric": True, "reported": True}
-                    for k, label, _, _ in paper]
-        rows = []
-        for r in result["rows"]:
-            options = r["name"][len(r["method"]):]  # "[convs=false]" of a variant row
-            label = method_label(r["method"]) + (f" {options}" if options else "")
-            row: dict[str, Any] = {"method": {"text": label, "value": label}}
-            for key, _, read, digits in figures:
-                row[key] = _number(read(r), digits)
-            for key, _, field, digits in paper:
-                row[key] = _number((r["reported"] or {}).get(field), digits)
-            rows.append(row)
-        return {"id": "table15", "kind": "efficiency",
-                "title": f"Table 15: Efficiency ({result['description']}; {result['device']})",
-                "caption": "Training step = forward, backward and AdamW over the trainable "
-                           "parameters; ×full and ×frozen are ratios to full fine-tuning and to "
-                           "the frozen backbone measured here. Paper columns: the paper's Swin-L "
-                           f"Mask R-CNN on one L40S, as ratios to its full tuning. Each method "
-                           f"ran in a fresh process; medians of {result['setting']['iters']} "
-                           f"training steps and {result['setting']['latency_iters']} inference "
-                           "calls.",
-                "columns": columns, "rows": rows}
-
     def rank(self) -> dict[str, Any] | None:
         """Mean rank of each method by its task's primary metric over the (task, backbone)
         groups it ran in (1 = best; ties share the mean rank)."""
@@ -331,7 +279,8 @@ class Aggregator:
         sections = [self.comparison(t, title, tasks) for t, (title, tasks) in PAPER_TABLES.items()]
         sections.append(self.rank())
         sections += [self.ablation(t) for t in ABLATION_TITLES]
-        sections.append(self.efficiency())
+        if self.efficiency_result is not None:
+            sections.append(efficiency_section(self.efficiency_result))
         synthetic = profile == "mini"
         note = ("mini profile: synthetic datasets, micro backbones pretrained on a synthetic "
                 "source task, short CPU schedules. The paper's figures (columns marked paper) "
@@ -341,6 +290,57 @@ class Aggregator:
                 "generated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "note": note, "sections": [s for s in sections if s is not None],
                 "pareto": self.pareto(), "provenance": self.provenance()}
+
+
+def efficiency_section(result: dict[str, Any]) -> dict[str, Any]:
+    """Table 15's measurement (`parax-bench efficiency` output) as a section: absolute
+    figures, ratios to full fine-tuning and to the frozen backbone, and the paper's ratios
+    to its full tuning (Swin-L on an L40S)."""
+    figures = [
+        ("params_m", "Params (M)", lambda r: r["trainable_params"] / 1e6, 3),
+        ("checkpoint_mb", "Checkpoint (MB)", lambda r: r["checkpoint_bytes"] / 2**20, 2),
+        ("img_s", "Train img/s", lambda r: r["train_img_s"]["median"], 2),
+        ("img_s:full", "img/s ×full", lambda r: r["ratios"]["to_full"]["train_img_s"], 2),
+        ("img_s:frozen", "img/s ×frozen", lambda r: r["ratios"]["to_frozen"]["train_img_s"], 2),
+        ("mem_mb", "Peak memory (MB)", lambda r: r["peak_memory_mb"], 1),
+        ("mem:full", "Memory ×full", lambda r: r["ratios"]["to_full"]["peak_memory"], 2),
+        ("mem:frozen", "Memory ×frozen", lambda r: r["ratios"]["to_frozen"]["peak_memory"], 2),
+        ("latency_ms", "Latency (ms)", lambda r: r["latency_ms"]["unmerged"]["median_ms"], 2),
+        ("latency:frozen", "Latency ×frozen", lambda r: r["ratios"]["to_frozen"]["latency"], 2),
+        ("merged_ms", "Merged latency (ms)",
+         lambda r: (r["latency_ms"]["merged"] or {}).get("median_ms"), 2),
+        ("merged:frozen", "Merged ×frozen",
+         lambda r: r["ratios"]["to_frozen"]["merged_latency"], 2),
+    ]
+    paper = [
+        ("paper:params_m", "Params (paper)", "params_m", 1),
+        ("paper:img_s:full", "img/s ×full (paper)", "train_img_s_to_full", 2),
+        ("paper:mem:full", "Memory ×full (paper)", "peak_memory_to_full", 2),
+    ]
+    columns = [{"key": "method", "label": "Method", "numeric": False}]
+    columns += [{"key": k, "label": label, "numeric": True} for k, label, _, _ in figures]
+    columns += [{"key": k, "label": label, "numeric": True, "reported": True}
+                for k, label, _, _ in paper]
+    rows = []
+    for r in result["rows"]:
+        options = r["name"][len(r["method"]):]  # "[convs=false]" of a variant row
+        label = method_label(r["method"]) + (f" {options}" if options else "")
+        row: dict[str, Any] = {"method": {"text": label, "value": label}}
+        for key, _, read, digits in figures:
+            row[key] = _number(read(r), digits)
+        for key, _, field, digits in paper:
+            row[key] = _number((r["reported"] or {}).get(field), digits)
+        rows.append(row)
+    return {"id": "table15", "kind": "efficiency",
+            "title": f"Table 15: Efficiency ({result['description']}; {result['device']})",
+            "caption": "Training step = forward, backward and AdamW over the trainable "
+                       "parameters; ×full and ×frozen are ratios to full fine-tuning and to "
+                       "the frozen backbone measured here. Paper columns: the paper's Swin-L "
+                       f"Mask R-CNN on one L40S, as ratios to its full tuning. Each method "
+                       f"ran in a fresh process; medians of {result['setting']['iters']} "
+                       f"training steps and {result['setting']['latency_iters']} inference "
+                       "calls.",
+            "columns": columns, "rows": rows}
 
 
 def section_frame(section: dict[str, Any]) -> pd.DataFrame:

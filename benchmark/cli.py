@@ -92,7 +92,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_efficiency(args: argparse.Namespace) -> int:
-    from .efficiency import Setting, default_entries, frame, run
+    from .aggregate import efficiency_section, section_frame
+    from .efficiency import Setting, default_entries, run
     from .io import write_json_atomic
 
     height, width = args.size
@@ -103,17 +104,16 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
                       seed=args.seed)
     result = run(setting, args.method or default_entries(), isolate=not args.no_isolate,
                  log=lambda line: print(line, file=sys.stderr, flush=True))
-    for note in result["skipped"]:
-        print(f"skipped: {note}", file=sys.stderr)
     if args.out:
         write_json_atomic(args.out, result)
     if args.format == "json":
         print(json.dumps(result, indent=2))
     elif args.format == "csv":
-        frame(result).to_csv(sys.stdout, index=False)
+        section_frame(efficiency_section(result)).to_csv(sys.stdout, index=False)
     else:
-        print(f"{result['description']} on {result['device']} (torch {result['torch']})")
-        print(frame(result).to_string(index=False, na_rep="-"))
+        section = efficiency_section(result)
+        print(f"{section['title']} (torch {result['torch']})")
+        print(section_frame(section).to_string(index=False))
     return 0
 
 

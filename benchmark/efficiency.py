@@ -293,22 +293,26 @@ def _isolated(setting: Setting, method: str, options: dict[str, Any]) -> dict[st
         return pool.submit(measure, setting, method, options, True).result()
 
 
-# The figures ratios are taken of: name -> how to read it from a row (None: not measured).
-RATIO_FIGURES: dict[str, Callable[[dict], float | None]] = {
-    "train_img_s": lambda r: r["train_img_s"]["median"],
-    "peak_memory": lambda r: r["peak_memory_mb"],
-    "trainable_params": lambda r: r["trainable_params"],
-    "checkpoint": lambda r: r["checkpoint_bytes"],
-    "latency": lambda r: r["latency_ms"]["unmerged"]["median_ms"],
-    "merged_latency": lambda r: (r["latency_ms"]["merged"] or {}).get("median_ms"),
+def _latency(row: dict) -> float:
+    return row["latency_ms"]["unmerged"]["median_ms"]
+
+
+# The figures ratios are taken of: name -> (the row's figure, the reference's figure it is
+# divided by); a merged model is compared with the reference as it runs (unmerged).
+RATIO_FIGURES: dict[str, tuple[Callable[[dict], float | None], Callable[[dict], float | None]]] = {
+    "train_img_s": (lambda r: r["train_img_s"]["median"],) * 2,
+    "peak_memory": (lambda r: r["peak_memory_mb"],) * 2,
+    "trainable_params": (lambda r: r["trainable_params"],) * 2,
+    "checkpoint": (lambda r: r["checkpoint_bytes"],) * 2,
+    "latency": (_latency, _latency),
+    "merged_latency": (lambda r: (r["latency_ms"]["merged"] or {}).get("median_ms"), _latency),
 }
 
 
 def _ratios(row: dict, ref: dict) -> dict[str, float | None]:
     out = {}
-    for key, read in RATIO_FIGURES.items():
-        mine = read(row)
-        theirs = read(ref) if key != "merged_latency" else RATIO_FIGURES["latency"](ref)
+    for key, (read, read_ref) in RATIO_FIGURES.items():
+        mine, theirs = read(row), read_ref(ref)
         out[key] = mine / theirs if mine is not None and theirs else None
     return out
 
@@ -377,37 +381,6 @@ def run(setting: Setting, entries: Iterable[str], overrides: dict[str, dict] | N
             "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
             "reported_source": "Table 15: Swin-L Mask R-CNN, COCO 1280x800, batch 4, one L40S",
             "rows": rows, "skipped": skipped}
-
-
-def frame(result: dict[str, Any]):
-    """The result as a flat table for the terminal and CSV: absolute figures, then ratios."""
-    import pandas as pd
-
-    def fmt(value: float | None, digits: int = 2) -> float | None:
-        return None if value is None else round(value, digits)
-
-    records = []
-    for r in result["rows"]:
-        to_full, to_frozen, rep = r["ratios"]["to_full"], r["ratios"]["to_frozen"], r["reported"]
-        merged = r["latency_ms"]["merged"]
-        records.append({
-            "method": r["name"],
-            "trainable_params": r["trainable_params"],
-            "checkpoint_mb": fmt(r["checkpoint_bytes"] / 2**20, 3),
-            "train_img_s": fmt(r["train_img_s"]["median"]),
-            "img_s_x_full": fmt(to_full["train_img_s"]),
-            "img_s_x_frozen": fmt(to_frozen["train_img_s"]),
-            "peak_mem_mb": fmt(r["peak_memory_mb"], 1),
-            "mem_x_full": fmt(to_full["peak_memory"]),
-            "mem_x_frozen": fmt(to_frozen["peak_memory"]),
-            "latency_ms": fmt(r["latency_ms"]["unmerged"]["median_ms"]),
-            "merged_latency_ms": fmt(merged["median_ms"]) if merged else None,
-            "latency_x_frozen": fmt(to_frozen["latency"]),
-            "merged_x_frozen": fmt(to_frozen["merged_latency"]),
-            "paper_img_s_x_full": fmt(rep["train_img_s_to_full"]) if rep else None,
-            "paper_mem_x_full": fmt(rep["peak_memory_to_full"]) if rep else None,
-        })
-    return pd.DataFrame(records)
 
 
 ROW_KEYS = ("name", "method", "options", "trainable_params", "checkpoint_bytes", "train_img_s",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmark import efficiency
-from benchmark.aggregate import Aggregator, method_label
+from benchmark.aggregate import efficiency_section, method_label
 from benchmark.cli import main
 from benchmark.efficiency import Entry, Setting, parse_entry, run, trainable_state
 from benchmark.params import count_row
@@ -98,8 +98,7 @@ def test_paper_figures_are_table15_ratios(tiny_result):
 
 
 def test_efficiency_table_in_the_aggregate(tiny_result):
-    params = {"grid": {"profile": "mini", "methods": []}, "ablations": {}, "ablation_defaults": {}}
-    section = Aggregator(params, [], tiny_result).efficiency()
+    section = efficiency_section(tiny_result)
     labels = [r["method"]["text"] for r in section["rows"]]
     assert len(labels) == len(tiny_result["rows"])
     assert f"{method_label('parax')} [convs=false]" in labels
