@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    for kind, name, known in (("task", args.task, params["grid"]["tasks"]),
+                              ("method", args.method, params["methods"])):
+        if name not in known:
+            parser.error(f"unknown {kind} '{name}' in {args.params}; known: {', '.join(known)}")
     if args.variant is not None and args.method != ABLATION_METHOD:
         parser.error(f"--variant applies to {ABLATION_METHOD} only")
     if args.variant is not None and args.variant not in params["ablations"]:

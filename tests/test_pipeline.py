@@ -16,7 +16,7 @@ import yaml
 from benchmark.aggregate import method_label
 from benchmark.reported import reported_table
 from benchmark.results import ResultFileError, load_result
-from pipelines import aggregate, cell
+from pipelines import aggregate, cell, parallel
 from pipelines.grid import command, expand, load_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,6 +83,35 @@ def test_not_applicable_cell_writes_a_record(tmp_path, monkeypatch):
                       "--seed", "0"]) == 0
     result = load_result(tmp_path / "results/runs/mini/cifar100.convnext-micro.vpt.s0.json")
     assert "ConvNeXt" in result["not_applicable"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "imagenet", "--method", "parax"], "unknown task 'imagenet' in "),
+    (["--task", "cifar100", "--method", "prompt"], "unknown method 'prompt' in "),
+])
+def test_cell_refuses_unknown_task_or_method(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cell.main([*argv, "--backbone", "swin-micro", "--seed", "0",
+                   "--params", str(REPO / "params.yaml")])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_parallel_runs_only_cell_commands():
+    with pytest.raises(ValueError, match="stage x@1: expected a command 'python -m pipelines.cell"):
+        parallel.cell_argv("x@1", "python -m pipelines.data --dataset cifar100")
+    assert parallel.cell_argv("x@1", "python -m pipelines.cell --task a  --seed 0") == [
+        "--task", "a", "--seed", "0"]
+
+
+def test_parallel_reports_a_failing_cell(tmp_path, capsys):
+    """A cell that fails leaves its log, names it, and is not among the finished cells."""
+    bad = (f"python -m pipelines.cell --task nosuch --backbone swin-micro --method parax "
+           f"--seed 0 --params {REPO / 'params.yaml'}")
+    assert parallel.run_cells(["bad@0"], {"bad@0": bad}, 2, tmp_path) == []
+    out, err = capsys.readouterr()
+    assert f"1/1 bad@0: FAILED (exit 2, log {tmp_path / 'bad@0'}.log)" in out
+    assert "unknown task 'nosuch'" in (tmp_path / "bad@0.log").read_text()
+    assert "unknown task 'nosuch'" in err
 
 
 @pytest.mark.parametrize("content, message", [
