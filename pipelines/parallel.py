@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from multiprocessing import forkserver
 from pathlib import Path
 
 from pipelines.grid import load_params
@@ -81,9 +82,19 @@ def _cell(argv: list[str], log: str) -> None:
 def run_cells(names: list[str], commands: dict[str, str], jobs: int, log_dir: Path) -> list[str]:
     """Run the cells' commands ``jobs`` at a time; return the names that succeeded."""
     argvs = {name: cell_argv(name, commands[name]) for name in names}
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by the fork server's OpenMP at start
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
+    # The server's OpenMP reads this when it loads; later stages (the efficiency timings)
+    # must not inherit it, as idle threads that sleep make a lone process slower.
+    before = os.environ.get("OMP_WAIT_POLICY")
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if before is None:
+            del os.environ["OMP_WAIT_POLICY"]
+        else:
+            os.environ["OMP_WAIT_POLICY"] = before
     log_dir.mkdir(parents=True, exist_ok=True)
     pending, done, failed = list(names), [], []
     start = time.monotonic()

@@ -103,8 +103,10 @@ def test_parallel_runs_only_cell_commands():
         "--task", "a", "--seed", "0"]
 
 
-def test_parallel_reports_a_failing_cell(tmp_path, capsys):
-    """A cell that fails leaves its log, names it, and is not among the finished cells."""
+def test_parallel_reports_a_failing_cell(tmp_path, capsys, monkeypatch):
+    """A cell that fails leaves its log, names it, and is not among the finished cells; the
+    cells' thread setting does not leak into later stages."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     bad = (f"python -m pipelines.cell --task nosuch --backbone swin-micro --method parax "
            f"--seed 0 --params {REPO / 'params.yaml'}")
     assert parallel.run_cells(["bad@0"], {"bad@0": bad}, 2, tmp_path) == []
@@ -112,6 +114,7 @@ def test_parallel_reports_a_failing_cell(tmp_path, capsys):
     assert f"1/1 bad@0: FAILED (exit 2, log {tmp_path / 'bad@0'}.log)" in out
     assert "unknown task 'nosuch'" in (tmp_path / "bad@0.log").read_text()
     assert "unknown task 'nosuch'" in err
+    assert "OMP_WAIT_POLICY" not in os.environ
 
 
 @pytest.mark.parametrize("content, message", [
