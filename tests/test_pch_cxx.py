@@ -60,3 +60,11 @@ def test_other_invocations_go_straight_through(tmp_path):
                           "-o", str(tmp_path / "bad.o")], capture_output=True, text=True,
                          env={**os.environ, "LC_ALL": "C"})
     assert bad.returncode != 0 and "error" in bad.stderr
+
+
+def test_refuses_to_call_itself():
+    own = subprocess.run([str(PCH_CXX), "-v"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PARAX_BENCH_REAL_CXX": str(PCH_CXX)})
+    assert own.returncode == 2
+    assert "the real compiler (PARAX_BENCH_REAL_CXX=" in own.stderr
+    assert "is pch-cxx itself" in own.stderr
