@@ -321,6 +321,8 @@ def efficiency_section(result: dict[str, Any]) -> dict[str, Any]:
     columns += [{"key": k, "label": label, "numeric": True} for k, label, _, _ in figures]
     columns += [{"key": k, "label": label, "numeric": True, "reported": True}
                 for k, label, _, _ in paper]
+    processes = ("Each method ran in a fresh process" if result.get("isolated")
+                 else "All methods ran in one process")
     rows = []
     for r in result["rows"]:
         options = r["name"][len(r["method"]):]  # "[convs=false]" of a variant row
@@ -336,8 +338,8 @@ def efficiency_section(result: dict[str, Any]) -> dict[str, Any]:
             "caption": "Training step = forward, backward and AdamW over the trainable "
                        "parameters; ×full and ×frozen are ratios to full fine-tuning and to "
                        "the frozen backbone measured here. Paper columns: the paper's Swin-L "
-                       f"Mask R-CNN on one L40S, as ratios to its full tuning. Each method "
-                       f"ran in a fresh process; medians of {result['setting']['iters']} "
+                       f"Mask R-CNN on one L40S, as ratios to its full tuning. {processes}; "
+                       f"medians of {result['setting']['iters']} "
                        f"training steps and {result['setting']['latency_iters']} inference "
                        "calls.",
             "columns": columns, "rows": rows}

@@ -106,12 +106,12 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
                  log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.out:
         write_json_atomic(args.out, result)
+    section = efficiency_section(result)
     if args.format == "json":
         print(json.dumps(result, indent=2))
     elif args.format == "csv":
-        section_frame(efficiency_section(result)).to_csv(sys.stdout, index=False)
+        section_frame(section).to_csv(sys.stdout, index=False)
     else:
-        section = efficiency_section(result)
         print(f"{section['title']} (torch {result['torch']})")
         print(section_frame(section).to_string(index=False))
     return 0

@@ -26,6 +26,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from multiprocessing import forkserver
 from pathlib import Path
+from unittest import mock
 
 from pipelines.grid import load_params
 
@@ -79,11 +80,6 @@ def stages() -> tuple[dict[str, str], set[str]]:
     return commands, stale
 
 
-def _task(command: str) -> str:
-    args = shlex.split(command)
-    return args[args.index("--task") + 1]
-
-
 def cell_argv(name: str, command: str) -> list[str]:
     """The ``pipelines.cell`` arguments of a cell stage's command."""
     args = shlex.split(command)
@@ -105,24 +101,17 @@ def _cell(argv: list[str], log: str) -> None:
     sys.exit(main(argv))
 
 
-def run_cells(names: list[str], commands: dict[str, str], jobs: int, log_dir: Path) -> list[str]:
-    """Run the cells' commands ``jobs`` at a time; return the names that succeeded."""
-    argvs = {name: cell_argv(name, commands[name]) for name in names}
+def run_cells(argvs: dict[str, list[str]], jobs: int, log_dir: Path) -> list[str]:
+    """Run each cell (stage name -> its ``pipelines.cell`` arguments) ``jobs`` at a time;
+    return the names that succeeded."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     # The server's OpenMP reads this when it loads; later stages (the efficiency timings)
     # must not inherit it, as idle threads that sleep make a lone process slower.
-    before = os.environ.get("OMP_WAIT_POLICY")
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
+    with mock.patch.dict(os.environ, {"OMP_WAIT_POLICY": "PASSIVE"}):
         forkserver.ensure_running()
-    finally:
-        if before is None:
-            del os.environ["OMP_WAIT_POLICY"]
-        else:
-            os.environ["OMP_WAIT_POLICY"] = before
     log_dir.mkdir(parents=True, exist_ok=True)
-    pending, done, failed = list(names), [], []
+    pending, done, failed = list(argvs), [], []
     start = time.monotonic()
 
     def one(name: str) -> tuple[str, int, float]:
@@ -143,9 +132,9 @@ def run_cells(names: list[str], commands: dict[str, str], jobs: int, log_dir: Pa
                 (done if code == 0 else failed).append(name)
                 elapsed = time.monotonic() - start
                 n = len(done) + len(failed)
-                eta = elapsed / n * (len(names) - n)
+                eta = elapsed / n * (len(argvs) - n)
                 state = "ok" if code == 0 else f"FAILED (exit {code}, log {log_dir / name}.log)"
-                print(f"[parallel] {n}/{len(names)} {name}: {state} in {seconds:.0f}s "
+                print(f"[parallel] {n}/{len(argvs)} {name}: {state} in {seconds:.0f}s "
                       f"({elapsed:.0f}s elapsed, ETA {eta:.0f}s)", flush=True)
                 if code != 0:
                     tail = (log_dir / f"{name}.log").read_text().splitlines()[-20:]
@@ -182,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
 
         # A fresh clone has the synthetic datasets' stamps but not the data: write each once
         # here rather than from two cells at the same time.
-        for task in dict.fromkeys(_task(commands[n]) for n in cells):
+        argvs = {n: cell_argv(n, commands[n]) for n in cells}
+        for task in dict.fromkeys(a[a.index("--task") + 1] for a in argvs.values()):
             ensure(params, task)
         print(f"[parallel] {len(cells)} cells, {args.jobs} at a time", flush=True)
-        done = run_cells(cells, commands, args.jobs,
-                         Path("work") / params["grid"]["profile"] / "logs")
+        done = run_cells(argvs, args.jobs, Path("work") / params["grid"]["profile"] / "logs")
         if done:
             commit(done)
         if len(done) < len(cells):

@@ -105,6 +105,7 @@ def test_efficiency_table_in_the_aggregate(tiny_result):
     parax = section["rows"][[r["name"] for r in tiny_result["rows"]].index("parax")]
     assert parax["params_m"]["value"] == _rows(tiny_result)["parax"]["trainable_params"] / 1e6
     assert parax["paper:img_s:full"]["text"] == f"{4.0 / 4.6:.2f}"
+    assert "All methods ran in one process" in section["caption"]  # --no-isolate
 
 
 def test_each_method_in_a_fresh_process():

@@ -109,7 +109,7 @@ def test_parallel_reports_a_failing_cell(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     bad = (f"python -m pipelines.cell --task nosuch --backbone swin-micro --method parax "
            f"--seed 0 --params {REPO / 'params.yaml'}")
-    assert parallel.run_cells(["bad@0"], {"bad@0": bad}, 2, tmp_path) == []
+    assert parallel.run_cells({"bad@0": parallel.cell_argv("bad@0", bad)}, 2, tmp_path) == []
     out, err = capsys.readouterr()
     assert f"1/1 bad@0: FAILED (exit 2, log {tmp_path / 'bad@0'}.log)" in out
     assert "unknown task 'nosuch'" in (tmp_path / "bad@0.log").read_text()
