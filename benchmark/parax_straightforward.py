@@ -1,6 +1,6 @@
 """The straightforward ParaX forward: the speed yardstick of the optimised `ParaXModule`.
 
-`StraightforwardParaXModule._adapt` is the first implementation of the spec, kept verbatim:
+`StraightforwardParaXModule._adapt` is the spec written out step by step:
 per-sample weights synthesised by einsum, the dynamic depthwise convs as one grouped
 convolution over batch x channels, and a token <-> image reshape around every convolution.
 The speed benchmark (`python -m benchmark.bench_parax`, tests/benchmarks) measures the
@@ -75,14 +75,14 @@ class StraightforwardParaXModule(ParaXModule):
             kernels = [torch.einsum("bm,mrokl->brokl", g[:, 2 + i], center.kernels[f"k{k}"])
                        for i, k in enumerate(self.kernel_sizes)]
             ys = [y.flatten(2).transpose(1, 2) for y in self._conv_path(z_map, kernels)]
-            if self.attn is not None:
+            if self.attn is not None and len(ys) > 1:
                 weights = self.attn(sum(ys))  # (B, L, len(K))
                 out = sum(weights[..., i:i + 1] * y for i, y in enumerate(ys))
             else:
                 out = sum(ys)
             x = out + z
         else:
-            x = z
+            x = z + z  # the conv step returns z, the shortcut adds it again
         x = F.gelu(x + self.proj(x))
         w_up = torch.einsum("bm,mcr->bcr", g[:, 1], center.up)
         x = torch.bmm(x, w_up.transpose(1, 2))  # (B, L, C)

@@ -5,6 +5,13 @@ ConvNeXt / ViT release naming plus the method's modules in the authors' naming. 
 splits the two: the frozen part goes through timm's own checkpoint filter for the family
 (the same path loads the original ImageNet-22K checkpoints), the method part through the
 method's ``official_keys`` map. Exporting is the inverse, so a round trip is lossless.
+
+Accepted wrappers: a bare state dict, one under ``model`` or ``state_dict``, DDP's
+``module.`` prefix, and OpenMMLab's whole-model checkpoints (the backbone under
+``backbone.``; necks, decoders and heads are left to the task). ViT checkpoints of the
+release name the attention projections ``attn.q_proj / k_proj / v_proj`` and the MLP
+``fc1 / fc2`` at block level (AdaptFormer's code base); timm's fused ``attn.qkv`` and
+``mlp.fc1`` naming (MAE, timm) loads as well.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ class LoadReport:
     method_keys: int = 0
     dropped: list[str] = field(default_factory=list)  # classifier weights of the source task
     fresh: list[str] = field(default_factory=list)  # dense output norms a release lacks
+    outside: list[str] = field(default_factory=list)  # an OpenMMLab model's non-backbone keys
 
 
 def _swin_to_release(key: str) -> str:
@@ -54,7 +62,48 @@ def _convnext_to_release(key: str) -> str:
     return re.sub(r"^head\.fc\.", "head.", key)
 
 
-_TO_RELEASE = {"swin": _swin_to_release, "convnext": _convnext_to_release, "vit": lambda k: k}
+def _vit_to_release(key: str) -> str:
+    return re.sub(r"^blocks\.(\d+)\.mlp\.fc", r"blocks.\1.fc", key)
+
+
+_TO_RELEASE = {"swin": _swin_to_release, "convnext": _convnext_to_release, "vit": _vit_to_release}
+_VIT_QKV = re.compile(r"^(blocks\.\d+\.attn\.)qkv\.(weight|bias)$")
+_VIT_QKV_SPLIT = re.compile(r"^(blocks\.\d+\.attn\.)([qkv])_proj\.(weight|bias)$")
+
+
+def _vit_split_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's fused qkv (3C, ...) -> the release's q_proj / k_proj / v_proj."""
+    out = {}
+    for key, value in state.items():
+        match = _VIT_QKV.match(key)
+        if match is None:
+            out[key] = value
+            continue
+        for part, chunk in zip("qkv", value.chunk(3, dim=0)):
+            out[f"{match[1]}{part}_proj.{match[2]}"] = chunk.clone()
+    return out
+
+
+def _vit_fuse_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The release's q_proj / k_proj / v_proj and block-level fc1 / fc2 -> timm's naming."""
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    out = {}
+    for key, value in state.items():
+        match = _VIT_QKV_SPLIT.match(key)
+        if match is None:
+            out[re.sub(r"^blocks\.(\d+)\.fc([12])\.", r"blocks.\1.mlp.fc\2.", key)] = value
+        else:
+            parts.setdefault((match[1], match[3]), {})[match[2]] = value
+    for (prefix, kind), qkv in parts.items():
+        if sorted(qkv) != ["k", "q", "v"]:
+            missing = [f"{prefix}{p}_proj.{kind}" for p in "qkv" if p not in qkv]
+            raise CheckpointError(f"checkpoint has only part of a ViT attention projection: "
+                                  f"missing {missing}")
+        out[f"{prefix}qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
+    return out
+
+
+_FROM_RELEASE = {"vit": _vit_fuse_qkv}  # before timm's filter; the others need timm's only
 
 
 def _method_keys(host: BackboneHost) -> dict[str, str]:
@@ -71,7 +120,7 @@ def export_official(host: BackboneHost) -> dict[str, torch.Tensor]:
     for key, value in host.model.state_dict().items():
         name = ours_to_theirs.get(key, key) if key in added else to_release(key)
         out[name] = value.detach().clone()
-    return out
+    return _vit_split_qkv(out) if host.family == "vit" else out
 
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -91,7 +140,17 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> d
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError("expected a state dict of tensors (optionally under 'model' or "
                               "'state_dict')")
+    if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _split_backbone(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """An OpenMMLab model's checkpoint: its ``backbone.`` keys, and the keys of the rest."""
+    if not any(k.startswith("backbone.") for k in state):
+        return state, []
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return backbone, sorted(k for k in state if not k.startswith("backbone."))
 
 
 def load_official(host: BackboneHost,
@@ -102,14 +161,16 @@ def load_official(host: BackboneHost,
     release lacks); method weights may be absent altogether (a plain pretrained backbone) but
     not partially present.
     """
-    state = read_state_dict(source)
+    state, outside = _split_backbone(read_state_dict(source))
+    if host.family in _FROM_RELEASE:
+        state = _FROM_RELEASE[host.family](state)
     theirs_to_ours = {v: k for k, v in _method_keys(host).items()}
     added = host.added_state_keys()
     method_part = {theirs_to_ours.get(k, k): v for k, v in state.items()
                    if k in theirs_to_ours or k in added}
     backbone_part = {k: v for k, v in state.items() if k not in theirs_to_ours and k not in added}
     ours = host.model.state_dict()
-    report = LoadReport()
+    report = LoadReport(outside=outside)
 
     try:
         converted = _TIMM_FILTERS[host.family](backbone_part, host.model)

@@ -1,13 +1,15 @@
 """LoRand (Yin et al., 2023, "1% vs 100%"): low-rank-synthesised adapters.
 
-No official release was found. From the first author's later code: a LoRand projection is
-W = sum over branches i of A_i G_i B_i (A_i: in x k, G_i: k x k, B_i: k x out) plus a bias,
-4 branches, k = 8, all three factors kaiming-uniform(a=sqrt 5); the module is
+No official release was found. From the first author's later code (DongshuoYin/CoLin,
+MMDetection ``swin_lorand.py``): a LoRand projection is W = sum over branches i of
+A_i G_i B_i (A_i: in x k, G_i: k x k, B_i: k x out) plus a bias, 4 branches, k = 8, all three
+factors kaiming-uniform(a=sqrt 5), the bias uniform(+-1/sqrt(in)); the module is
 LoRand(C, C/2) -> GELU -> LoRand(C/2, C) plus the identity, placed on Swin inside the
-residual branch after attention and after the MLP (before the residual sums).
-Our choices: the bias starts at zero; ViT uses the Swin placement; ConvNeXt gets one module
-on its MLP branch (after layer scale, before the residual sum). Budget matching turns the
-hidden width (``hidden_ratio`` x C).
+residual branch after attention and after the MLP, after the branch's drop path (OpenMMLab's
+attention and FFN apply it inside): x = x + LoRand(DropPath(branch)).
+Our choices: ViT uses the Swin placement; ConvNeXt gets one module on its MLP branch (after
+layer scale and drop path, before the residual sum). Budget matching turns the hidden width
+(``hidden_ratio`` x C).
 """
 from __future__ import annotations
 
@@ -49,10 +51,14 @@ class LoRandProjection(nn.Module):
         self.A = nn.Parameter(torch.empty(branches, in_features, kernel))
         self.G = nn.Parameter(torch.empty(branches, kernel, kernel))
         self.B = nn.Parameter(torch.empty(branches, kernel, out_features))
-        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        if self.bias.is_meta:  # counting: nothing to initialise
+            return
         for factor in (self.A, self.G, self.B):
             for branch in factor:
                 nn.init.kaiming_uniform_(branch, a=math.sqrt(5))
+        bound = 1 / math.sqrt(in_features)
+        nn.init.uniform_(self.bias, -bound, bound)
 
     def weight(self) -> torch.Tensor:
         return torch.einsum("nik,nkl,nlo->io", self.A, self.G, self.B)

@@ -4,10 +4,12 @@ From the authors' release (Swin only): x' = LN(x) * gamma + x * gammax (gamma 1e
 gammax 1); Linear(C, d); on the (d, H, W) map, depthwise 3x3 / 5x5 / 7x7 convs in parallel
 on the same input, averaged and added to it, then z + Conv1x1(z); GELU; dropout 0.1;
 Linear(d, C); plus the identity. Two modules per Swin block, after the attention residual and
-after the MLP residual; official d = 64; per module 5C + 2Cd + d^2 + 88d parameters. Layers
-use PyTorch's default initialisation.
+after the MLP residual; official d = 64; per module 5C + 2Cd + d^2 + 88d parameters.
+Initialisation (Leiyi-Hu/mona, the detection / segmentation Swin's ``init_weights``, run before
+the backbone checkpoint loads): both Linear layers truncated normal (std 0.02), bias 0; the
+convs and the LayerNorm keep PyTorch's defaults.
 Our choices: ConvNeXt gets one module after each block and ViT one after each block on the
-patch tokens (the class token bypasses it): ParaX's sites on those backbones.
+patch tokens (the class token bypasses it): ParaX's sites on those backbones; the same init.
 """
 from __future__ import annotations
 
@@ -63,6 +65,10 @@ class MonaModule(nn.Module):
         self.adapter_conv = MonaOp(d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.project2 = nn.Linear(d, dim)
+        for linear in (self.project1, self.project2):
+            if not linear.weight.is_meta:  # (meta: counting, nothing to initialise)
+                nn.init.trunc_normal_(linear.weight, std=0.02)
+                nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         prefix, x = split_patches(x, hw)

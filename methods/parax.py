@@ -38,6 +38,10 @@ CENTER_INITS = ("trunc_normal", "kaiming_uniform", "kaiming_normal")
 SITES = {"swin": (Site.ATTN_OUT, Site.BLOCK_OUT), "convnext": (Site.BLOCK_OUT,),
          "vit": (Site.BLOCK_OUT,)}
 EXTRA_NORM_EPS = {"swin": 1e-5, "convnext": 1e-6, "vit": 1e-6}
+# How the release's backbone leaves the modules' Linear / Conv2d layers: its ConvNeXt
+# constructor re-initialises every one it holds (truncated normal, std 0.02, bias 0); its Swin
+# (given a checkpoint) and ViT keep the module's own kaiming-uniform init.
+MODULE_INIT = {"swin": "kaiming_uniform", "convnext": "trunc_normal", "vit": "kaiming_uniform"}
 
 
 @dataclasses.dataclass
@@ -94,13 +98,17 @@ class ParaXConfig(MethodConfig):
         return self.kernel_sizes if self.convs else ()
 
 
-def _kaiming_uniform(module: nn.Module) -> nn.Module:
-    if module.weight.is_meta:  # counting: nothing to initialise
-        return module
-    nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
-    return module
+def _init_layers(module: nn.Module, init: str) -> None:
+    """Initialise every Linear / Conv2d of ``module`` as MODULE_INIT says; biases zero."""
+    for layer in module.modules():
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)) or layer.weight.is_meta:
+            continue  # (meta: counting, nothing to initialise)
+        if init == "trunc_normal":
+            nn.init.trunc_normal_(layer.weight, std=0.02)
+        else:
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 def _total(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -204,7 +212,8 @@ class ExpertCenter(nn.Module):
 class ParaXModule(nn.Module):
     """One ParaX adapter at one site. Part names follow the authors' release."""
 
-    def __init__(self, dim: int, center: ExpertCenter, cfg: ParaXConfig):
+    def __init__(self, dim: int, center: ExpertCenter, cfg: ParaXConfig,
+                 init: str = "kaiming_uniform"):
         super().__init__()
         c, r, h = dim, cfg.bottleneck, cfg.router_hidden
         self.kernel_sizes = cfg.kernels
@@ -219,20 +228,21 @@ class ParaXModule(nn.Module):
         self.norm = nn.LayerNorm(c, eps=1e-5)
         self.norm_gamma = nn.Parameter(torch.full((c,), 1e-5))
         if self.kernel_sizes:
-            self.dwconv1 = _kaiming_uniform(nn.Conv2d(c, c, 3, padding=1, groups=c))
-            self.dwconv2 = _kaiming_uniform(nn.Conv2d(c, c, 3, padding=1, groups=c))
-        self.router = nn.Sequential(_kaiming_uniform(nn.Linear(c, h)), nn.GELU(),
-                                    _kaiming_uniform(nn.Linear(h, self.num_experts * n_chunks)))
-        if cfg.scale_aggregation and len(self.kernel_sizes) > 1:
-            self.attn = nn.Sequential(_kaiming_uniform(nn.Linear(r, len(self.kernel_sizes))),
-                                      nn.Softmax(dim=-1))
+            self.dwconv1 = nn.Conv2d(c, c, 3, padding=1, groups=c)
+            self.dwconv2 = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.router = nn.Sequential(nn.Linear(c, h), nn.GELU(),
+                                    nn.Linear(h, self.num_experts * n_chunks))
+        # As released, the scale aggregation exists with a single kernel too (its output is
+        # then unused) and conv_res_scale is an empty vector there.
+        if cfg.scale_aggregation and self.kernel_sizes:
+            self.attn = nn.Sequential(nn.Linear(r, len(self.kernel_sizes)), nn.Softmax(dim=-1))
         else:
             self.attn = None
-        if self.conv_layout == "sequential" and len(self.kernel_sizes) > 1:
+        if self.conv_layout == "sequential" and self.kernel_sizes:
             self.conv_res_scale = nn.Parameter(torch.ones(2 * (len(self.kernel_sizes) - 1)))
         else:
             self.conv_res_scale = None
-        self.proj = _kaiming_uniform(nn.Linear(r, r))
+        self.proj = nn.Linear(r, r)
         if cfg.layer_scale_init is not None:
             self.layer_scale = nn.Parameter(torch.full((c,), float(cfg.layer_scale_init)))
             self.layer_bias = nn.Parameter(torch.zeros(c))
@@ -243,16 +253,18 @@ class ParaXModule(nn.Module):
             self.res_bias = nn.Parameter(torch.zeros(c))
         else:
             self.res_scale = self.res_bias = None
+        # One temperature per gate group, fixed at exp(0) = 1 unless learnt.
         if cfg.learn_temperature:
-            self.logit_scale = nn.Parameter(torch.zeros(()))
+            self.logit_scale = nn.Parameter(torch.zeros(n_chunks))
         else:
-            self.register_buffer("logit_scale", torch.zeros(()))
+            self.register_buffer("logit_scale", torch.zeros(n_chunks))
+        _init_layers(self, init)
 
     # -- routing -------------------------------------------------------------------------
     def gates(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, C) pooled tokens -> (B, G, M) mixing weights, G = [down, up, conv k...]."""
-        logits = self.router(pooled) * self.logit_scale.exp()
-        logits = logits.view(pooled.shape[0], -1, self.num_experts)
+        logits = self.router(pooled).view(pooled.shape[0], -1, self.num_experts)
+        logits = logits * self.logit_scale.exp()[:, None]
         keep = None
         if self.top_k is not None and self.top_k < self.num_experts:
             kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
@@ -296,18 +308,19 @@ class ParaXModule(nn.Module):
         g = self.gates(x.mean(dim=1))
         w_down = torch.einsum("bm,mrc->brc", g[:, 0], center.down)
         z = torch.bmm(x, w_down.transpose(1, 2)).transpose(0, 1).contiguous()  # (L, B, r)
+        proj = _plus_identity(self.proj.weight)
         if self.kernel_sizes:
             ys = self._dynamic_convs(z, g[:, 2:], hw)
-            if self.attn is not None:
+            if self.attn is not None and len(ys) > 1:
                 weights = self.attn(_total(ys))  # (L, B, len(K))
                 x = z
                 for i, y in enumerate(ys):
                     x = torch.addcmul(x, weights[..., i:i + 1], y)
             else:
                 x = z + _total(ys)
-        else:
-            x = z
-        x = F.gelu(F.linear(x, _plus_identity(self.proj.weight), self.proj.bias))
+        else:  # the release's conv step returns z unchanged and its shortcut adds z again
+            x, proj = z, 2 * proj
+        x = F.gelu(F.linear(x, proj, self.proj.bias))
         w_up = torch.einsum("bm,mcr->bcr", g[:, 1], center.up)
         scale, bias = self._branch_affine()
         if self.kernel_sizes:
@@ -413,7 +426,8 @@ class ParaX(PEFTMethod):
             state.centers.append(center)
             for block in blocks:
                 for site in sites:
-                    host.add(site, ParaXModule(dim, center, cfg), block=block)
+                    host.add(site, ParaXModule(dim, center, cfg, MODULE_INIT[host.family]),
+                         block=block)
         if cfg.extra_norms:
             for stage in host.stages:
                 host.add(Site.STAGE_OUT, ChannelNorm(stage.dim, eps=EXTRA_NORM_EPS[host.family]),

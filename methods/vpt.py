@@ -4,8 +4,9 @@ From the authors' release: n prompts per block, inserted after the class token o
 dropped after the block; init uniform(-v, v) with v = sqrt(6 / (3 p^2 + C)) for patch size p.
 On Swin, prompts join every attention window, with the relative position bias and shift mask
 zero-padded for them (the host's ``prompts`` site); prompt widths follow the stage
-channels, so n prompts cost n x sum of C over blocks (12,032 n on Swin-B). The paper keeps
-VPT's original configuration; its 0.1 M / 0.2 M correspond to n = 10.
+channels, so n prompts cost n x sum of C over blocks (12,032 n on Swin-B), but every stage's
+prompts are drawn with the v of the stage-0 width C (KMnP/vpt, the Swin prompt model computes
+it once). The paper keeps VPT's original configuration; its 0.1 M / 0.2 M correspond to n = 10.
 Not applicable to ConvNeXt (no token sequence), as in the paper.
 """
 from __future__ import annotations
@@ -32,9 +33,8 @@ class VPTConfig(MethodConfig):
 
 
 class Prompts(nn.Module):
-    def __init__(self, num: int, dim: int, patch_size: int):
+    def __init__(self, num: int, dim: int, bound: float):
         super().__init__()
-        bound = math.sqrt(6.0 / float(3 * patch_size * patch_size + dim))
         self.prompt_embeddings = nn.Parameter(torch.empty(1, num, dim).uniform_(-bound, bound))
 
     def forward(self, batch: int) -> torch.Tensor:
@@ -52,5 +52,6 @@ class VPT(PEFTMethod):
     def attach(self, host: BackboneHost) -> None:
         host.require(Site.PROMPTS, method=self.name)
         patch = host.model.patch_embed.patch_size[0]
+        bound = math.sqrt(6.0 / float(3 * patch * patch + host.stages[0].dim))
         for block in host.blocks:
-            host.add(Site.PROMPTS, Prompts(self.config.num_prompts, block.dim, patch), block=block)
+            host.add(Site.PROMPTS, Prompts(self.config.num_prompts, block.dim, bound), block=block)

@@ -207,6 +207,66 @@ def test_vpt_init_bound():
     assert 0.8 * bound < top <= bound
 
 
+def test_vpt_swin_prompts_use_the_stage0_bound():
+    """KMnP/vpt's Swin draws every stage's prompts with the bound of the stage-0 width."""
+    host = attach("vpt", "swin", num_prompts=200)
+    bound = (6.0 / (3 * 4 * 4 + host.stages[0].dim)) ** 0.5  # patch 4, width 16: 0.306
+    for stage in host.stages:
+        block = next(b for b in host.blocks if b.stage == stage.index)
+        top = float(block.module.peft_sites["prompts"][0].prompt_embeddings.detach().abs().max())
+        assert 0.9 * bound < top <= bound, stage.index  # stage 3 (128 wide) would be 0.18
+
+
+def test_mona_linears_start_truncated_normal():
+    """Leiyi-Hu/mona's init_weights: every Linear trunc_normal(std 0.02), bias 0."""
+    host = attach("mona", "swin", bottleneck=64)
+    weights = []
+    for module in host.model.modules():
+        if type(module).__name__ == "MonaModule":
+            for linear in (module.project1, module.project2):
+                assert torch.all(linear.bias == 0)
+                weights.append(linear.weight.detach().flatten())
+    assert 0.018 < float(torch.cat(weights).std()) < 0.022
+
+
+@pytest.mark.parametrize("task,scale", [("cifar100", 0.1), ("svhn", 10.0), ("food101", 1.0),
+                                        ("imagenet_r", 1.0), ("ade20k", 1.0),
+                                        ("coco_instance", 1.0)])
+def test_repadapter_scale_follows_the_released_configs(task, scale):
+    backbone = "vit-micro" if task in ("cifar100", "svhn", "food101", "imagenet_r") else "swin-micro"
+    host = build(backbone, "repadapter", task)
+    assert host.method.config.scale == scale
+    module = host.blocks[0].module.peft_sites["attn_in"][0]
+    assert module.scale == scale
+
+
+def test_lorand_sees_the_branch_after_its_drop_path():
+    """CoLin's Swin: x + LoRand(DropPath(branch)). With every branch dropped, LoRand's input
+    is zero and its output is its bias path alone (not the identity of the old order)."""
+    from timm.layers import DropPath
+
+    host = attach("lorand", "swin")
+    for info in host.blocks:
+        info.module.drop_path1, info.module.drop_path2 = DropPath(1.0), DropPath(1.0)
+    seen = []
+    for info in host.blocks:
+        for module in [*info.module.peft_sites["attn_branch"], *info.module.peft_sites["mlp_branch"]]:
+            module.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    host.model.train()
+    run(host, micro_input(host.name))
+    assert len(seen) == 2 * len(host.blocks)
+    for inp, out in seen:
+        assert torch.all(inp == 0) and not torch.all(out == 0)
+
+
+def test_lorand_bias_is_uniform_in_the_fan_in_bound():
+    host = attach("lorand", "vit")
+    module = host.blocks[0].module.peft_sites["attn_branch"][0]
+    for proj, fan_in in ((module.down, 32), (module.up, 16)):
+        bias = proj.bias.detach()
+        assert float(bias.abs().max()) <= fan_in ** -0.5 and float(bias.std()) > 0.1 * fan_in ** -0.5
+
+
 def test_merge_command_writes_plain_weights(tmp_path, capsys):
     from benchmark.cli import main
     from methods.checkpoints import export_official

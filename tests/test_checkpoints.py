@@ -26,7 +26,7 @@ OFFICIAL_KEYS = {
                  "stages.0.0.pwconv1.weight", "stages.3.1.gamma"],
     "vit": ["blocks.0.adapter.router.2.weight", "blocks.3.adapter.res_bias",
             "peft_params.projA_params", "peft_params.conv5x5_params", "cls_token",
-            "blocks.1.attn.qkv.weight"],
+            "blocks.1.attn.q_proj.weight", "blocks.1.attn.v_proj.bias", "blocks.2.fc1.weight"],
 }
 
 
@@ -118,3 +118,45 @@ def test_wrong_backbone_is_rejected(tmp_path):
         load_official(randomized("swin", seed=9), bad)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_official(randomized("swin", seed=9), tmp_path / "missing.pth")
+
+
+def test_openmmlab_and_ddp_wrappers_load(tmp_path):
+    """A whole-model OpenMMLab checkpoint (backbone under 'backbone.', decoder keys beside it)
+    and a DDP-saved one ('module.' prefix) load the same weights as the bare state dict."""
+    source = randomized("swin", seed=10)
+    official = export_official(source)
+    mm = {"meta": {"epoch": 12}, "state_dict": {
+        **{f"backbone.{k}": v for k, v in official.items()},
+        "decode_head.conv_seg.weight": torch.zeros(150, 512, 1, 1),
+        "auxiliary_head.conv_seg.bias": torch.zeros(150)}}
+    path = tmp_path / "iter_160000.pth"
+    torch.save(mm, path)
+    target = randomized("swin", seed=11)
+    report = load_official(target, path)
+    assert report.outside == ["auxiliary_head.conv_seg.bias", "decode_head.conv_seg.weight"]
+    assert report.method_keys == len(target.added_state_keys())
+    assert all(torch.equal(a, b) for a, b in zip(source.model.state_dict().values(),
+                                                 target.model.state_dict().values()))
+    ddp = randomized("swin", seed=12)
+    load_official(ddp, {"model": {f"module.{k}": v for k, v in official.items()}})
+    assert all(torch.equal(a, b) for a, b in zip(source.model.state_dict().values(),
+                                                 ddp.model.state_dict().values()))
+
+
+def test_vit_loads_fused_and_split_attention_naming():
+    """The release's q_proj / k_proj / v_proj (and block-level fc1 / fc2) and timm's / MAE's
+    fused qkv (and mlp.fc1) are the same weights."""
+    source = randomized("vit", seed=13)
+    split = export_official(source)
+    fused = dict(source.model.state_dict())
+    fused = {k: v for k, v in fused.items() if k not in source.added_state_keys()}
+    for naming in (split, fused):
+        target = randomized("vit", seed=14)
+        load_official(target, naming)
+        backbone = [k for k in source.model.state_dict() if k not in source.added_state_keys()]
+        assert all(torch.equal(source.model.state_dict()[k], target.model.state_dict()[k])
+                   for k in backbone)
+    broken = {k: v for k, v in split.items() if k != "blocks.3.attn.k_proj.weight"}
+    with pytest.raises(CheckpointError, match=r"part of a ViT attention projection: missing "
+                                              r"\['blocks.3.attn.k_proj.weight'\]"):
+        load_official(randomized("vit", seed=15), broken)

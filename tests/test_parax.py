@@ -88,8 +88,8 @@ def reference(mod: ParaXModule, center: ExpertCenter, cfg: ParaXConfig, x, hw):
             else:
                 agg = sum(ys)
             xx = agg + z
-        else:
-            xx = z
+        else:  # the release's conv step returns z and its shortcut adds z again
+            xx = z + z
         xx = F.gelu(xx + xx @ mod.proj.weight.T + mod.proj.bias)
         w_up = sum(gates[1][i] * center.up[i] for i in range(m))
         xx = xx @ w_up.T
@@ -156,10 +156,51 @@ def test_init_follows_the_release():
         assert torch.all(lin.bias == 0)
         bound = 1 / math.sqrt(lin.weight[0].numel())  # kaiming_uniform(a=sqrt 5)
         assert float(lin.weight.detach().abs().max()) <= bound
-    assert float(mod.logit_scale) == 0 and not mod.logit_scale.requires_grad
+    # One fixed temperature per gate group [down, up, conv3, conv5, conv7], as released.
+    assert mod.logit_scale.shape == (5,) and torch.all(mod.logit_scale == 0)
+    assert not mod.logit_scale.requires_grad and "logit_scale" in mod.state_dict()
     n = sum(p.numel() for p in mod.parameters())
     c, h, m, r = 64, 16, 3, 128  # spec formula: C(27 + h) + h + 5M(h + 1) + r^2 + 4r + 7
     assert n == c * (27 + h) + h + 5 * m * (h + 1) + r * r + 4 * r + 7
+
+
+def test_convnext_modules_take_the_release_backbones_init():
+    """The release's ConvNeXt re-initialises every Linear / Conv2d it holds (trunc normal 0.02,
+    bias 0); its Swin and ViT keep the modules' kaiming-uniform init."""
+    for family, trunc in (("convnext", True), ("swin", False), ("vit", False)):
+        host = parax_host(family, bottleneck=16)
+        mod = next(m for m in host.model.modules() if isinstance(m, ParaXModule))
+        layers = [m for m in mod.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        assert len(layers) == 6  # dwconv1, dwconv2, router (2), scale aggregation, proj
+        assert all(torch.all(layer.bias == 0) for layer in layers)
+        weights = torch.cat([layer.weight.detach().flatten() for layer in layers])
+        if trunc:
+            assert 0.018 < float(weights.std()) < 0.022
+        else:  # kaiming_uniform(a=sqrt 5): |w| <= 1 / sqrt(fan_in); a 3x3 dwconv's std is 0.19
+            for layer in layers:
+                w = layer.weight.detach()
+                assert float(w.abs().max()) <= 1 / math.sqrt(w[0].numel())
+            assert float(mod.dwconv1.weight.std()) > 0.1
+
+
+def test_single_kernel_keeps_the_released_scale_aggregation():
+    """Table 11's single-kernel rows: the release keeps Linear(r, 1) (unused) and an empty
+    conv_res_scale, r + 1 parameters per module more than without scale aggregation."""
+    def count(**options):
+        return build("swin-b", "parax", "coco_instance", device="meta", **options).num_trainable()
+
+    one = build("swin-b", "parax", "coco_instance", device="meta", kernel_sizes=(3,))
+    mod = next(m for m in one.model.modules() if isinstance(m, ParaXModule))
+    assert tuple(mod.attn[0].weight.shape) == (1, 128) and mod.conv_res_scale.numel() == 0
+    modules = 2 * 24  # Swin-B: two per block
+    assert count(kernel_sizes=(3,)) - count(kernel_sizes=(3,), scale_aggregation=False) == modules * 129
+    # Per module: norm + gamma 3C, dwconvs 20C, router Ch + h + 3M(h + 1), SA r + 1,
+    # proj r^2 + r, layer scale/bias 2C; per stage a center M(2rC + 9r) and an extra norm 2C.
+    h, r = 16, 128
+    expected = sum(2 * m * (25 * c + c * h + h + 3 * m * (h + 1) + r + 1 + r * r + r)
+                   + m * (2 * r * c + 9 * r) + 2 * c
+                   for c, m in zip((128, 256, 512, 1024), (2, 2, 18, 2)))
+    assert count(kernel_sizes=(3,)) == expected == 4_932_112
 
 
 # -- attached to backbones ---------------------------------------------------------------------
@@ -180,9 +221,11 @@ def test_freezing_rule(family):
     assert names == {n for n, _ in host.model.named_parameters() if _is_parax_param(n)}
     assert any(n.startswith("peft_shared.parax.centers.") for n in names)
     assert any(n.startswith("peft_stage_out.") for n in names) == (family != "vit")
+    # The extra norms replace the frozen output norms: each stage output goes through one norm.
+    assert not any(n.startswith("out_norms.") for n in host.model.state_dict())
     frozen = {n for n, p in host.model.named_parameters() if not p.requires_grad}
-    for part in {"swin": ("relative_position_bias_table", "downsample", "out_norms"),
-                 "convnext": ("blocks.0.gamma", "stem", "out_norms"),
+    for part in {"swin": ("relative_position_bias_table", "downsample"),
+                 "convnext": ("blocks.0.gamma", "stem"),
                  "vit": ("patch_embed", "blocks.0.norm1", "cls_token")}[family]:
         assert any(part in n for n in frozen), part
 
@@ -278,9 +321,17 @@ def test_every_ablation_runs_forward_backward(family, options):
     feats = run(host, micro_input(host.name))
     loss = sum(f.float().square().mean() for f in feats)
     loss.backward()
-    trainable = host.trainable_parameters()
-    assert trainable and torch.isfinite(loss)
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+    assert torch.isfinite(loss)
+    # As released, a single kernel keeps its (unused) scale aggregation and an empty
+    # conv_res_scale: those get no gradient; everything else does.
+    unused = (".attn.", ".conv_res_scale") if len(options.get("kernel_sizes", (3, 5, 7))) == 1 else ()
+    trainable = [(n, p) for n, p in host.model.named_parameters() if p.requires_grad]
+    assert trainable
+    for name, p in trainable:
+        if any(u in name for u in unused):
+            assert p.grad is None, name
+        else:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
 # Router-width ablation counts (Swin-B, Mask R-CNN, Table 14c) follow from the options alone.

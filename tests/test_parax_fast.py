@@ -54,7 +54,9 @@ def outputs_and_grads(module: ParaXModule, x: torch.Tensor) -> dict[str, torch.T
     grads = {"out": out.detach(), "x.grad": x.grad}
     named = list(module.named_parameters()) + [
         (f"center.{n}", p) for n, p in module.center.named_parameters()]
-    grads.update({n: p.grad for n, p in named if p.requires_grad})
+    # Parameters the forward does not use (a single kernel's scale aggregation) get no
+    # gradient in either forward; the key sets must still agree.
+    grads.update({n: p.grad for n, p in named if p.requires_grad and p.grad is not None})
     return grads
 
 

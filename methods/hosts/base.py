@@ -25,17 +25,17 @@ class Site(str, enum.Enum):
     """Where a module runs. Transformer blocks: the block output is the MLP residual sum."""
 
     ATTN_IN = "attn_in"  # normalised input of the token mixer (after norm1), before it runs
-    ATTN_BRANCH = "attn_branch"  # token-mixer branch output, before the residual sum
+    ATTN_BRANCH = "attn_branch"  # token-mixer branch after its drop path, before the residual sum
     ATTN_OUT = "attn_out"  # stream right after the attention residual sum
     MLP_IN = "mlp_in"  # normalised input of the MLP (after norm2), before it runs
-    MLP_BRANCH = "mlp_branch"  # MLP branch output, before the residual sum
+    MLP_BRANCH = "mlp_branch"  # MLP branch after its drop path, before the residual sum
     MLP_PARALLEL = "mlp_parallel"  # f(stream before the MLP) added to the MLP residual sum
     BLOCK_OUT = "block_out"  # stream after the whole block
     QKV = "qkv"  # additive branch on the attention qkv linear
     FC1 = "fc1"  # additive branch on the first MLP linear
     FC2 = "fc2"  # additive branch on the second MLP linear
     PROMPTS = "prompts"  # tokens appended to the block's input sequence (removed after it)
-    STAGE_OUT = "stage_out"  # a stage's output on its way to the neck (not the stream)
+    STAGE_OUT = "stage_out"  # a stage's output on its way to the neck, replacing its output norm
 
 
 TOKEN_SITES = frozenset({
@@ -159,6 +159,7 @@ class BackboneHost:
         model.peft_shared = nn.ModuleDict()
         model.peft_stage_out = nn.ModuleList([nn.ModuleList() for _ in self.stages])
         self._attached: list[nn.Module] = []  # everything add()/add_shared() registered
+        self._replaced_norms: dict[int, nn.Module] = {}  # stage -> output norm a method replaced
         self.method = None  # set by apply_method
 
     # -- family-specific ---------------------------------------------------------------------
@@ -197,6 +198,12 @@ class BackboneHost:
         if site is Site.STAGE_OUT:
             if stage is None:
                 raise ValueError("stage_out modules need stage=<index>")
+            out_norms = getattr(self.model, "out_norms", None)
+            if out_norms is not None and stage not in self._replaced_norms:
+                # The stage's output goes through the method's modules instead of the frozen
+                # output norm (e.g. ParaX's trainable norm): one norm, as in its release.
+                self._replaced_norms[stage] = out_norms[stage]
+                out_norms[stage] = nn.Identity()
             self.model.peft_stage_out[stage].append(module)
         elif block is None:
             raise ValueError(f"site {site.value} needs block=<BlockInfo>")
@@ -253,6 +260,9 @@ class BackboneHost:
                 module.peft_branches = nn.ModuleList()
         self.model.peft_shared = nn.ModuleDict()
         self.model.peft_stage_out = nn.ModuleList([nn.ModuleList() for _ in self.stages])
+        for stage, norm in self._replaced_norms.items():
+            self.model.out_norms[stage] = norm
+        self._replaced_norms = {}
         self._attached = []
         self.method = None
 
@@ -292,12 +302,13 @@ class BackboneHost:
 
     # -- running -----------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Multi-scale features (B, C_i, H_i, W_i) for necks, after stage-output modules."""
+        """Multi-scale features (B, C_i, H_i, W_i) for necks: each stage output through its
+        output norm, or through the stage-output modules that replaced it."""
         out_norms = getattr(self.model, "out_norms", None)
         outs = []
         for i, feat in enumerate(self._forward_stages(x)):
             modules = list(self.model.peft_stage_out[i])
-            if out_norms is not None:
+            if out_norms is not None and i not in self._replaced_norms:
                 modules.insert(0, out_norms[i])
             if modules:
                 b, c, h, w = feat.shape

@@ -22,7 +22,7 @@ class ConvNeXtSiteBlock(SiteMixin, ConvNeXtBlock):
     """timm's ConvNeXtBlock.forward with site calls; the depthwise conv plays the token mixer.
 
     Sites: attn_in (block input, before the depthwise conv), mlp_in (after the norm),
-    mlp_branch (after layer scale, before drop path), mlp_parallel (f(block input) added to
+    mlp_branch (after layer scale and drop path), mlp_parallel (f(block input) added to
     the residual sum), block_out, fc1 / fc2 (the pointwise linears, linear-MLP blocks only).
     """
 
@@ -48,10 +48,11 @@ class ConvNeXtSiteBlock(SiteMixin, ConvNeXtBlock):
             x = x.permute(0, 3, 1, 2)
         if self.gamma is not None:
             x = x.mul(self.gamma.reshape(1, -1, 1, 1))
+        x = self.drop_path(x)
         if self._has(Site.MLP_BRANCH):
             x = _spatial(self._site(Site.MLP_BRANCH, _tokens(x), hw), hw)
         parallel = self._parallel(_tokens(shortcut), hw) if self._has(Site.MLP_PARALLEL) else None
-        x = self.drop_path(x) + self.shortcut(shortcut)
+        x = x + self.shortcut(shortcut)
         if parallel is not None:
             x = x + _spatial(parallel, hw)
         if self._has(Site.BLOCK_OUT):

@@ -43,7 +43,13 @@ class SwinSiteAttention(WindowAttention):
 
 
 class SwinSiteBlock(SiteMixin, SwinTransformerBlock):
-    """timm's SwinTransformerBlock.forward with site calls; identical when nothing is attached.
+    """timm's SwinTransformerBlock with site calls and the original Swin's window order.
+
+    The token mixer pads the map to a multiple of the window first and then applies the
+    cyclic shift, with the shift mask built on the padded size, as the original Swin and
+    OpenMMLab's Swin do (timm shifts first and pads after, which differs whenever a stage
+    size is not a multiple of the window). Where no padding is needed both orders agree, and
+    with nothing attached the block is then bit-identical to timm's.
 
     Prompt tokens (site ``prompts``) pass through norm1 and join every attention window.
     """
@@ -51,24 +57,25 @@ class SwinSiteBlock(SiteMixin, SwinTransformerBlock):
     plain_class = SwinTransformerBlock
 
     def _attn(self, x: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        if prompts is None:
-            return super()._attn(x)
-        # timm's _attn with the prompts handed to every window (batch-major window order).
         B, H, W, C = x.shape
-        has_shift = any(self.shift_size)
-        shifted = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2)) \
-            if has_shift else x
         pad_h = (self.window_size[0] - H % self.window_size[0]) % self.window_size[0]
         pad_w = (self.window_size[1] - W % self.window_size[1]) % self.window_size[1]
-        shifted = F.pad(shifted, (0, 0, 0, pad_w, 0, pad_h))
-        _, Hp, Wp, _ = shifted.shape
-        windows = window_partition(shifted, self.window_size).view(-1, self.window_area, C)
-        mask = self.get_attn_mask(shifted) if self.dynamic_mask else self.attn_mask
-        per_window = prompts.repeat_interleave(windows.shape[0] // B, dim=0)
-        out = self.attn(windows, mask=mask, prompts=per_window)
-        out = out.view(-1, self.window_size[0], self.window_size[1], C)
-        shifted = window_reverse(out, self.window_size, Hp, Wp)[:, :H, :W, :].contiguous()
-        return torch.roll(shifted, shifts=self.shift_size, dims=(1, 2)) if has_shift else shifted
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        _, Hp, Wp, _ = x.shape
+        has_shift = any(self.shift_size)
+        if has_shift:
+            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        windows = window_partition(x, self.window_size).view(-1, self.window_area, C)
+        mask = self.get_attn_mask(x) if self.dynamic_mask else self.attn_mask
+        if prompts is None:
+            out = self.attn(windows, mask=mask)
+        else:  # batch-major window order: each sample's prompts go to its own windows
+            per_window = prompts.repeat_interleave(windows.shape[0] // B, dim=0)
+            out = self.attn(windows, mask=mask, prompts=per_window)
+        x = window_reverse(out.view(-1, *self.window_size, C), self.window_size, Hp, Wp)
+        if has_shift:
+            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
+        return x[:, :H, :W, :].contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -77,16 +84,16 @@ class SwinSiteBlock(SiteMixin, SwinTransformerBlock):
         if self._has(Site.ATTN_IN):
             h = self._site(Site.ATTN_IN, h.reshape(B, -1, C), hw).reshape(B, H, W, C)
         prompts = self._prompt_tokens(B)
-        h = self._attn(h, None if prompts is None else self.norm1(prompts))
+        h = self.drop_path1(self._attn(h, None if prompts is None else self.norm1(prompts)))
         if self._has(Site.ATTN_BRANCH):
             h = self._site(Site.ATTN_BRANCH, h.reshape(B, -1, C), hw).reshape(B, H, W, C)
-        x = x + self.drop_path1(h)
+        x = x + h
         x = x.reshape(B, -1, C)
         x = self._site(Site.ATTN_OUT, x, hw)
         h = self._site(Site.MLP_IN, self.norm2(x), hw)
-        h = self._site(Site.MLP_BRANCH, self.mlp(h), hw)
+        h = self._site(Site.MLP_BRANCH, self.drop_path2(self.mlp(h)), hw)
         parallel = self._parallel(x, hw)
-        x = x + self.drop_path2(h)
+        x = x + h
         if parallel is not None:
             x = x + parallel
         x = self._site(Site.BLOCK_OUT, x, hw)
@@ -124,6 +131,9 @@ class SwinHost(BackboneHost):
         self.model.norm = nn.Identity()
 
     def _forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # As the original Swin: an input that is not a multiple of the patch is padded.
+        p = self.model.patch_embed.patch_size
+        x = F.pad(x, (0, (p[1] - x.shape[3] % p[1]) % p[1], 0, (p[0] - x.shape[2] % p[0]) % p[0]))
         x = self.model.patch_embed(x)
         outs = []
         for layer in self.model.layers:

@@ -35,14 +35,13 @@ class ViTSiteBlock(SiteMixin, Block):
             raise ValueError(f"ViT sites need a square patch grid, got {n_patch} patch tokens")
         hw = (side, side)
         h = self._site(Site.ATTN_IN, self.norm1(x), hw)
-        h = self.ls1(self.attn(h, attn_mask=attn_mask, is_causal=is_causal))
-        h = self._site(Site.ATTN_BRANCH, h, hw)
-        x = x + self.drop_path1(h)
+        h = self.drop_path1(self.ls1(self.attn(h, attn_mask=attn_mask, is_causal=is_causal)))
+        x = x + self._site(Site.ATTN_BRANCH, h, hw)
         x = self._site(Site.ATTN_OUT, x, hw)
         h = self._site(Site.MLP_IN, self.norm2(x), hw)
-        h = self._site(Site.MLP_BRANCH, self.ls2(self.mlp(h)), hw)
+        h = self._site(Site.MLP_BRANCH, self.drop_path2(self.ls2(self.mlp(h))), hw)
         parallel = self._parallel(x, hw)
-        x = x + self.drop_path2(h)
+        x = x + h
         if parallel is not None:
             x = x + parallel
         x = self._site(Site.BLOCK_OUT, x, hw)
