@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from methods import get_backbone, get_method
-from tasks import get_task
+from catalog import get_task
 
 from .io import write_json_atomic, write_text_atomic
 from .reported import reported_table

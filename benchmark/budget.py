@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from methods import count_trainable, get_backbone, get_method, method_for
 from methods.base import PEFTMethod
-from tasks import get_task
+from catalog import get_task
 
 from .reported import reported_params_m
 

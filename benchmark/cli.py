@@ -139,7 +139,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tasks.cell import Cell
+    from catalog import Cell
 
     from .budget import parse_budget
     from .params import sized_options
@@ -149,10 +149,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget) if args.budget else None
     options = sized_options(args.backbone, args.method, args.task, _parse_set(args.set), budget)
     cell = Cell(task=args.task, backbone=args.backbone, method=args.method, data_root=args.data,
-                work_dir=args.work_dir or str(out.with_suffix("")) + ".work", seed=args.seed,
-                profile=args.profile, options=options, pretrained=args.pretrained,
-                iters=args.iters, budget=args.budget)
-    result = run_cell(cell, out, launcher=args.launcher)
+                seed=args.seed, profile=args.profile, options=options,
+                pretrained=args.pretrained, iters=args.iters, budget=args.budget)
+    result = run_cell(cell, out, args.work_dir or str(out.with_suffix("")) + ".work",
+                      launcher=args.launcher)
     metrics = " ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
     print(f"{cell.task} {cell.backbone} {cell.method} seed {cell.seed}: {metrics} "
           f"({result['wall_time_s']:.0f}s) -> {out}")
@@ -160,22 +160,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from tasks.cell import Cell
+    from catalog import Cell
 
     from .runner import run_cell
 
     out = Path(args.out)
     cell = Cell(task="cifar100", backbone=args.backbone, method="full", data_root=args.data,
-                work_dir=args.work_dir or str(out.with_suffix("")) + ".work", seed=args.seed,
-                iters=args.iters)
-    result = run_cell(cell, out.with_suffix(".json"), export_backbone=out)
+                seed=args.seed, iters=args.iters)
+    result = run_cell(cell, out.with_suffix(".json"),
+                      args.work_dir or str(out.with_suffix("")) + ".work", export_backbone=out)
     print(f"pretrained {args.backbone}: source top1={result['metrics']['top1']:.2f} -> {out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from methods import BACKBONES
-    from tasks import TASKS
+    from catalog import BACKBONES, TASKS
 
     parser = argparse.ArgumentParser(
         prog="parax-bench",

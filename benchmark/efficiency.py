@@ -38,7 +38,7 @@ import yaml
 
 from methods import (NotApplicableError, NotMergeableError, build, get_backbone, get_method,
                      merge_in_place)
-from tasks import get_task
+from catalog import get_task
 
 from .budget import parse_budget
 from .params import sized_options

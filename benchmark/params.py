@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from methods import count_trainable, get_backbone, get_method, method_for
 from methods.base import NotApplicableError
-from tasks import get_task
+from catalog import get_task
 
 from .budget import Budget, solve, target_count
 from .reported import reported_params_m

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from tasks.cell import Cell
-from tasks.synthetic.writers import fingerprint
+from catalog import Cell
+from tasks import fingerprint, task_config
 
 from .io import write_json_atomic
 
@@ -68,18 +68,6 @@ def _register_exact_resume() -> None:
             return self.runner.model
 
 
-def task_config(cell: Cell) -> dict[str, Any]:
-    from tasks import classification, detection, panoptic, pose, segmentation
-
-    builders = {"coco_instance": detection.build_config, "coco_pose": pose.build_config,
-                "coco_panoptic": panoptic.build_config,**{t: segmentation.build_config for t in segmentation.DATASETS},
-                **{t: classification.build_config for t in classification.DATASET_TYPES}}
-    if cell.task not in builders:
-        raise ValueError(f"task '{cell.task}' has no training configuration yet; "
-                         f"available: {sorted(builders)}")
-    return builders[cell.task](cell)
-
-
 # What the pipeline writes: changes there do not make the code that computes a cell dirty
 # (`dvc repro` rewrites dvc.lock and results while it runs).
 PIPELINE_OUTPUTS = ("dvc.lock", "pretrained", "results/runs", "results/tables",
@@ -102,12 +90,12 @@ def _git() -> dict[str, Any]:
 
 
 def code_fingerprint() -> str:
-    """A short hash of the code that computes a cell (methods/, tasks/, benchmark/ sources)."""
+    """A short hash of the code that computes a cell (catalog/, methods/, tasks/, benchmark/)."""
     import hashlib
 
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for package in ("methods", "tasks", "benchmark"):
+    for package in ("catalog", "methods", "tasks", "benchmark"):
         for path in sorted((root / package).rglob("*.py")):
             digest.update(path.relative_to(root).as_posix().encode())
             digest.update(path.read_bytes())
@@ -139,11 +127,13 @@ def _setup_distributed(cfg: dict[str, Any], cuda: bool) -> None:
         torch.distributed.init_process_group("gloo")
 
 
-def run_cell(cell: Cell, out: str | os.PathLike,
+def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
              export_backbone: str | os.PathLike | None = None,
              launcher: str = "none") -> dict[str, Any]:
     """Train and evaluate ``cell``; write the result JSON to ``out`` (atomically) and return it.
 
+    ``work_dir``: checkpoints and logs, keyed inside by the cell's configuration and the code's
+    fingerprint (a run resumes only its own checkpoints).
     ``export_backbone``: also save the trained backbone in the release naming, loadable as a
     pretrained checkpoint (the mini profile's stand-in for ImageNet pretraining).
     ``launcher``: "none" (one process) or "pytorch" (one process of a torchrun job, joining
@@ -175,7 +165,7 @@ def run_cell(cell: Cell, out: str | os.PathLike,
         _setup_distributed(cfg, cuda)
     cfg.update(
         # checkpoints of another configuration or code version are never resumed from
-        work_dir=str(Path(cell.work_dir) / f"{cell.config_hash()}-{code_fingerprint()}"),
+        work_dir=str(Path(work_dir) / f"{cell.config_hash()}-{code_fingerprint()}"),
         randomness=dict(seed=cell.seed, deterministic=False),
         launcher=launcher,
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if cuda else "gloo")),
@@ -215,7 +205,7 @@ def run_cell(cell: Cell, out: str | os.PathLike,
     host = model.backbone.host
     device = "cuda" if cuda else "cpu"
     result = {
-        "cell": {k: v for k, v in vars(cell).items() if k != "work_dir"},
+        "cell": cell.to_dict(),
         "config_hash": cell.config_hash(),
         "metrics": metrics,
         "trainable_backbone_params": host.num_trainable(),

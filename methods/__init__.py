@@ -8,22 +8,21 @@ Public API::
     host.num_trainable()
 
 A method is one file: a config dataclass, a PEFTMethod subclass decorated with
-``@register_method`` (or exposed through the ``parax_bench.methods`` entry-point group).
+``@register_method``, in ``methods/`` (found without an import line) or anywhere through the
+``parax_bench.methods`` entry-point group.
 """
 from .base import (MethodConfig, NotApplicableError, NotMergeableError, PEFTMethod, apply_method,
                    width_field)
 from .backbones import BACKBONES, BackboneSpec, UnknownBackboneError, create_backbone, get_backbone
 from .build import build, count_trainable, method_for
-from .hosts import BackboneHost, Site, SiteNotSupported
+from .hosts import BackboneHost, Role, Site, SiteNotSupported, register_family
 from .merge import merge, merge_in_place
 from .registry import ENTRY_POINT_GROUP, UnknownMethodError, available_methods, get_method, register_method
 
-# Built-in methods register themselves on import.
-from . import adaptformer, full, linear, lora, lorand, mona, parax, repadapter, vpt  # noqa: E402,F401
-
 __all__ = [
     "BACKBONES", "BackboneHost", "BackboneSpec", "ENTRY_POINT_GROUP", "MethodConfig",
-    "NotApplicableError", "NotMergeableError", "PEFTMethod", "Site", "SiteNotSupported", "UnknownBackboneError",
-    "UnknownMethodError", "apply_method", "available_methods", "build", "count_trainable", "create_backbone",
-    "get_backbone", "get_method", "merge", "merge_in_place", "method_for", "register_method", "width_field",
+    "NotApplicableError", "NotMergeableError", "PEFTMethod", "Role", "Site", "SiteNotSupported",
+    "UnknownBackboneError", "UnknownMethodError", "apply_method", "available_methods", "build",
+    "count_trainable", "create_backbone", "get_backbone", "get_method", "merge", "merge_in_place",
+    "method_for", "register_family", "register_method", "width_field",
 ]

@@ -5,8 +5,8 @@ times 0.1; down projection kaiming-uniform(a=sqrt 5), up projection and both bia
 (the model is unchanged at initialisation); x = x + drop_path(MLP(norm2(x))) + adapter(x)
 with x the stream after the attention residual; one per block. From the Mona authors' Swin
 version: GELU instead of ReLU on Swin.
-Our choices: ConvNeXt gets the same bottleneck (GELU, as Swin) in parallel to its MLP
-branch, fed with the block input.
+Our choices: ConvNeXt, and any other family, get the same bottleneck with GELU (as Swin) in
+parallel to its MLP branch, fed with the block input.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .base import MethodConfig, PEFTMethod, width_field
 from .hosts import BackboneHost, Site
 from .registry import register_method
 
-ACTIVATION = {"vit": nn.ReLU, "swin": nn.GELU, "convnext": nn.GELU}
+RELEASE_ACTIVATION = {"vit": nn.ReLU}  # AdaptFormer's own ViT; GELU elsewhere
 
 
 @dataclasses.dataclass
@@ -60,10 +60,11 @@ class AdaptFormer(PEFTMethod):
     paper_name = "AdaptFormer"
     description = "AdaptFormer: a scaled bottleneck in parallel to each block's MLP"
     config_class = AdaptFormerConfig
+    requires = (Site.MLP_PARALLEL,)
 
     def attach(self, host: BackboneHost) -> None:
         host.require(Site.MLP_PARALLEL, method=self.name)
+        act = RELEASE_ACTIVATION.get(host.family, nn.GELU)
         for block in host.blocks:
-            host.add(Site.MLP_PARALLEL,
-                     AdaptFormerAdapter(block.dim, self.config, ACTIVATION[host.family]),
+            host.add(Site.MLP_PARALLEL, AdaptFormerAdapter(block.dim, self.config, act),
                      block=block)

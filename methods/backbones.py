@@ -1,56 +1,18 @@
-"""Backbone names used throughout the suite, mapped to timm architectures and hosts."""
+"""Building a backbone by name: its timm model, wrapped in its family's host."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import timm
 import torch
 
-from .hosts import HOSTS, BackboneHost
+from catalog import BACKBONES, BackboneSpec, UnknownBackboneError, get_backbone
 
+from .hosts import BackboneHost, get_family
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    family: str  # swin | convnext | vit
-    arch: str  # timm architecture
-    paper_name: str | None = None  # how the paper's tables name it
-    default_task: str = "ade20k"  # task whose settings apply when none is given
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-class UnknownBackboneError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-_MICRO_SWIN = dict(patch_size=4, window_size=4, embed_dim=16, depths=(2, 2, 3, 2),
-                   num_heads=(1, 2, 2, 4), img_size=64)
-_MICRO_CONVNEXT = dict(depths=(2, 2, 3, 2), dims=(16, 32, 48, 64))
-_MICRO_VIT = dict(patch_size=8, embed_dim=32, depth=4, num_heads=2, img_size=32)
-
-BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in [
-    BackboneSpec("swin-b", "swin", "swin_base_patch4_window7_224", "Swin-B"),
-    BackboneSpec("swin-l", "swin", "swin_large_patch4_window7_224", "Swin-L"),
-    BackboneSpec("convnext-b", "convnext", "convnext_base", "ConvNeXt-B"),
-    BackboneSpec("convnext-l", "convnext", "convnext_large", "ConvNeXt-L"),
-    BackboneSpec("vit-b", "vit", "vit_base_patch16_224", "ViT-B/16 (MAE)", "cifar100"),
-    BackboneSpec("vit-l", "vit", "vit_large_patch16_224", "ViT-L (SETR-PUP)"),
-    # Miniatures with the same structure, for tests and the embedded CPU profile.
-    BackboneSpec("swin-micro", "swin", "swin_base_patch4_window7_224", kwargs=_MICRO_SWIN),
-    BackboneSpec("convnext-micro", "convnext", "convnext_base", kwargs=_MICRO_CONVNEXT),
-    BackboneSpec("vit-micro", "vit", "vit_base_patch16_224", "", "cifar100", kwargs=_MICRO_VIT),
-]}
-
-
-def get_backbone(name: str) -> BackboneSpec:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise UnknownBackboneError(
-            f"unknown backbone '{name}'; known backbones: {', '.join(BACKBONES)}") from None
+__all__ = ["BACKBONES", "BackboneSpec", "UnknownBackboneError", "create_backbone", "get_backbone",
+           "stage_dims"]
 
 
 def create_backbone(name: str, *, device: str | torch.device | None = None,
@@ -59,20 +21,17 @@ def create_backbone(name: str, *, device: str | torch.device | None = None,
     """Build a randomly initialised backbone (no download) and wrap it in its host.
 
     ``device='meta'`` allocates nothing, for counting. ``dense`` selects the settings dense
-    heads need: Swin accepts any input size (padding to the window, shifted windows always,
-    as the original detection/segmentation code does) and ViT resizes its position table.
+    heads need (the family's: any input size).
     """
     spec = get_backbone(name)
+    host_cls = get_family(spec.family)
     kwargs: dict[str, Any] = dict(spec.kwargs)
     if img_size is not None:
         kwargs["img_size"] = img_size
-    if dense and spec.family == "swin":
-        kwargs.update(strict_img_size=False, always_partition=True)
-    if dense and spec.family == "vit":
-        kwargs.update(dynamic_img_size=True)
+    kwargs.update(host_cls.timm_kwargs(dense))
     model = timm.create_model(spec.arch, pretrained=False, num_classes=num_classes,
                               drop_path_rate=drop_path_rate, device=device, **kwargs)
-    return HOSTS[spec.family](model, spec.name, dense=dense)
+    return host_cls(model, spec.name, dense=dense)
 
 
 @lru_cache(maxsize=None)

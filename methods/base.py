@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from torch import nn
 
+from .hosts import Role, Site, get_family
+
 if TYPE_CHECKING:
-    from .backbones import BackboneSpec
+    from catalog import BackboneSpec, TaskSpec
+
     from .hosts import BackboneHost
-    from tasks import TaskSpec
 
 
 class NotApplicableError(ValueError):
@@ -66,8 +68,8 @@ class PEFTMethod(ABC):
     description: ClassVar[str] = ""
     paper_name: ClassVar[str | None] = None  # the method's name in the paper's tables
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    # family -> reason, for backbones the method does not exist for
-    not_applicable: ClassVar[dict[str, str]] = {}
+    # Sites and placement roles it needs: on a family without one, it is not applicable.
+    requires: ClassVar[tuple[Site | Role, ...]] = ()
 
     def __init__(self, config: MethodConfig | None = None, **overrides: Any):
         if config is None:
@@ -89,9 +91,12 @@ class PEFTMethod(ABC):
 
     @classmethod
     def check_applicable(cls, family: str) -> None:
-        if family in cls.not_applicable:
-            raise NotApplicableError(f"{cls.name} is not applicable to {family} backbones: "
-                                     f"{cls.not_applicable[family]}")
+        host = get_family(family)
+        missing = [need.value for need in cls.requires if not host.has(need)]
+        if missing:
+            raise NotApplicableError(f"{cls.name} is not applicable to {host.display_name} "
+                                     f"backbones: the family has no {' / '.join(missing)} "
+                                     f"placement")
 
     @abstractmethod
     def attach(self, host: "BackboneHost") -> None:

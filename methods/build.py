@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from catalog import get_task
+
 from .backbones import create_backbone, get_backbone
 from .base import PEFTMethod, apply_method
 from .hosts import BackboneHost
@@ -20,8 +22,6 @@ def method_for(method: str, backbone: str, task: str | None = None,
 
     ``task=None`` uses the backbone's default task (ADE20K for Swin/ConvNeXt, CIFAR-100 for ViT).
     """
-    from tasks import get_task
-
     cls = get_method(method)
     spec = get_backbone(backbone)
     cls.check_applicable(spec.family)
@@ -33,8 +33,6 @@ def build(backbone: str, method: str | PEFTMethod, task: str | None = None, *,
           device: str | torch.device | None = None, drop_path_rate: float = 0.0,
           num_classes: int = 0, img_size: int | None = None, **overrides: Any) -> BackboneHost:
     """Create ``backbone`` and attach ``method``. ``device='meta'`` allocates no weights."""
-    from tasks import get_task
-
     spec = get_backbone(backbone)
     task_spec = get_task(task or spec.default_task)
     if not isinstance(method, PEFTMethod):
@@ -59,8 +57,6 @@ def count_trainable(backbone: str, method: PEFTMethod, task: str | None = None) 
     Attaches to a cached meta-device skeleton and detaches again: fast enough for budget
     solvers that count many widths.
     """
-    from tasks import get_task
-
     spec = get_backbone(backbone)
     task_spec = get_task(task or spec.default_task)
     method.check_applicable(spec.family)

@@ -3,8 +3,8 @@
 From the authors' release: A kaiming-uniform(a=sqrt 5), B zero (the model is unchanged at
 initialisation), scaling alpha / r, mergeable into W. From the Mona authors' dense-prediction
 Swin code: LoRA on the attention qkv projection, q and v only, alpha 1.
-Our choices: the same q/v placement on ViT; on ConvNeXt, which has no attention, the first
-pointwise MLP linear (fc1). Both pointwise linears (``targets=("fc1", "fc2")``), as
+Our choices: the same q/v placement on ViT; on a family without a fused qkv (ConvNeXt has no
+attention), the first pointwise MLP linear (fc1). Both pointwise linears (``targets=("fc1", "fc2")``), as
 LoRA-for-ConvNets work does, cannot land on the paper's ConvNeXt counts at any rank (steps of
 0.18 M / 0.27 M), while fc1 at rank 65 gives exactly its 5.9 M and 8.8 M: the paper's
 ConvNeXt LoRA spends 5C parameters per rank per block.
@@ -25,14 +25,13 @@ from .registry import register_method
 # target -> (linear site, which third of the qkv output; None = the whole output)
 TARGETS = {"q": (Site.QKV, 0), "k": (Site.QKV, 1), "v": (Site.QKV, 2),
            "fc1": (Site.FC1, None), "fc2": (Site.FC2, None)}
-DEFAULT_TARGETS = {"swin": ("q", "v"), "vit": ("q", "v"), "convnext": ("fc1",)}
 
 
 @dataclasses.dataclass
 class LoRAConfig(MethodConfig):
     rank: int = width_field(4, "r: rank of each update", budget=(1, 1024, 1))
     alpha: float = 1.0
-    targets: tuple[str, ...] | None = None  # None: the family default (see module docstring)
+    targets: tuple[str, ...] | None = None  # None: q, v on a fused qkv, else fc1 (see above)
 
     def validate(self) -> None:
         if not (isinstance(self.rank, int) and self.rank > 0):
@@ -75,7 +74,7 @@ class LoRA(PEFTMethod):
 
     def attach(self, host: BackboneHost) -> None:
         cfg = self.config
-        targets = cfg.targets or DEFAULT_TARGETS[host.family]
+        targets = cfg.targets or (("q", "v") if host.has(Site.QKV) else ("fc1",))
         host.require(*{TARGETS[t][0] for t in targets}, method=self.name)
         for block in host.blocks:
             for target in targets:

@@ -21,11 +21,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import MethodConfig, PEFTMethod, width_field
-from .hosts import BackboneHost, Site
+from .hosts import BackboneHost, Role
 from .registry import register_method
-
-SITES = {"swin": (Site.ATTN_BRANCH, Site.MLP_BRANCH), "vit": (Site.ATTN_BRANCH, Site.MLP_BRANCH),
-         "convnext": (Site.MLP_BRANCH,)}
 
 
 @dataclasses.dataclass
@@ -84,10 +81,10 @@ class LoRand(PEFTMethod):
     paper_name = "LoRand"
     description = "LoRand: adapters whose projections are sums of low-rank A G B products"
     config_class = LoRandConfig
+    requires = (Role.BRANCH,)  # inside every residual branch, after its drop path
 
     def attach(self, host: BackboneHost) -> None:
-        sites = SITES[host.family]
-        host.require(*sites, method=self.name)
+        sites = host.sites_of(Role.BRANCH, method=self.name)
         for block in host.blocks:
             for site in sites:
                 host.add(site, LoRandModule(block.dim, self.config), block=block)

@@ -20,11 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import MethodConfig, PEFTMethod, width_field
-from .hosts import BackboneHost, Site, split_patches
+from .hosts import BackboneHost, Role, split_patches
 from .registry import register_method
-
-SITES = {"swin": (Site.ATTN_OUT, Site.BLOCK_OUT), "convnext": (Site.BLOCK_OUT,),
-         "vit": (Site.BLOCK_OUT,)}
 
 
 @dataclasses.dataclass
@@ -87,10 +84,10 @@ class Mona(PEFTMethod):
     paper_name = "Mona"
     description = "Mona: multi-cognitive adapter with parallel multi-scale depthwise convs"
     config_class = MonaConfig
+    requires = (Role.SERIAL,)  # after the residual sums, as ParaX (Swin: two per block)
 
     def attach(self, host: BackboneHost) -> None:
-        sites = SITES[host.family]
-        host.require(*sites, method=self.name)
+        sites = host.sites_of(Role.SERIAL, method=self.name)
         for block in host.blocks:
             for site in sites:
                 host.add(site, MonaModule(block.dim, self.config), block=block)

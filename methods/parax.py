@@ -28,20 +28,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import MethodConfig, PEFTMethod, width_field
-from .hosts import BackboneHost, ChannelNorm, Site, split_patches
+from .hosts import BackboneHost, ChannelNorm, Role, Site, split_patches
 from .registry import register_method
 
 GATES = ("softmax", "sigmoid", "relu")
 CONV_LAYOUTS = ("sequential", "parallel", "sequential_no_residual")
 CENTER_INITS = ("trunc_normal", "kaiming_uniform", "kaiming_normal")
-# Where ParaX modules go, per backbone family (in the authors' adapter1/adapter2 order).
-SITES = {"swin": (Site.ATTN_OUT, Site.BLOCK_OUT), "convnext": (Site.BLOCK_OUT,),
-         "vit": (Site.BLOCK_OUT,)}
-EXTRA_NORM_EPS = {"swin": 1e-5, "convnext": 1e-6, "vit": 1e-6}
-# How the release's backbone leaves the modules' Linear / Conv2d layers: its ConvNeXt
+# How the release's backbones leave the modules' Linear / Conv2d layers: its ConvNeXt
 # constructor re-initialises every one it holds (truncated normal, std 0.02, bias 0); its Swin
-# (given a checkpoint) and ViT keep the module's own kaiming-uniform init.
-MODULE_INIT = {"swin": "kaiming_uniform", "convnext": "trunc_normal", "vit": "kaiming_uniform"}
+# (given a checkpoint) and ViT, and any other family, keep the module's own kaiming-uniform.
+RELEASE_INIT = {"convnext": "trunc_normal"}
 
 
 @dataclasses.dataclass
@@ -383,6 +379,7 @@ class ParaX(PEFTMethod):
     description = ("ParaX / AdaRoute: adapters synthesised per sample from shared expert "
                    "centers by dynamic parameter routing")
     config_class = ParaXConfig
+    requires = (Role.SERIAL,)  # modules after the residual sums (Swin: two per block)
 
     @classmethod
     def paper_config(cls, backbone, task) -> ParaXConfig:
@@ -412,8 +409,8 @@ class ParaX(PEFTMethod):
 
     def attach(self, host: BackboneHost) -> None:
         cfg = self.config
-        sites = SITES[host.family]
-        host.require(*sites, method=self.name)
+        sites = host.sites_of(Role.SERIAL, method=self.name)
+        init = RELEASE_INIT.get(host.family, "kaiming_uniform")
         groups = self.groups(host)
         sizes = [max(1, round(cfg.expert_multiplier * len(blocks))) for _, blocks in groups]
         if cfg.top_k is not None and cfg.top_k > max(sizes):
@@ -426,38 +423,36 @@ class ParaX(PEFTMethod):
             state.centers.append(center)
             for block in blocks:
                 for site in sites:
-                    host.add(site, ParaXModule(dim, center, cfg, MODULE_INIT[host.family]),
-                         block=block)
+                    host.add(site, ParaXModule(dim, center, cfg, init), block=block)
         if cfg.extra_norms:
             for stage in host.stages:
-                host.add(Site.STAGE_OUT, ChannelNorm(stage.dim, eps=EXTRA_NORM_EPS[host.family]),
+                host.add(Site.STAGE_OUT, ChannelNorm(stage.dim, eps=host.norm_eps),
                          stage=stage.index)
 
     def trainable(self, host: BackboneHost) -> Iterable[nn.Parameter]:
         return host.added_parameters()
 
     def official_keys(self, host: BackboneHost) -> dict[str, str]:
-        """Our keys -> the authors' release naming (one center per stage)."""
+        """Our keys -> the authors' release naming: per stage ``peft_params.{i}`` (one
+        network-wide center: ``peft_params``) and the extra norm as the family holds per-stage
+        modules; per block ``adapter`` (two per block: ``adapter1``, ``adapter2``) under the
+        block's release prefix."""
         groups = self.groups(host)
         if len(groups) != len(host.stages):
             raise ValueError("parax: the authors' checkpoint format has one center per stage; "
                              "layers_per_group splits stages")
         prefixes: dict[str, str] = {}
         for stage in host.stages:
-            theirs = "peft_params" if host.family == "vit" else f"peft_params.{stage.index}"
+            theirs = "peft_params" if len(host.stages) == 1 else f"peft_params.{stage.index}"
             prefixes[f"peft_shared.parax.centers.{stage.index}."] = theirs + "."
-            norm = f"extra_norm{stage.index}" if host.family == "swin" else f"extra_norm.{stage.index}"
+            norm = host.release_stage_attr("extra_norm", stage.index)
             prefixes[f"peft_stage_out.{stage.index}.0."] = norm + "."
+        sites = host.sites_of(Role.SERIAL, method=self.name)
+        names = [f"adapter{n}" for n in range(1, len(sites) + 1)] if len(sites) > 1 else ["adapter"]
         for block in host.blocks:
-            i, j = block.stage, block.index
-            ours, theirs = {
-                "swin": (f"layers.{i}.blocks.{j}", f"layers.{i}.blocks.{j}"),
-                "convnext": (f"stages.{i}.blocks.{j}", f"stages.{i}.{j}"),
-                "vit": (f"blocks.{j}", f"blocks.{j}"),
-            }[host.family]
-            names = ("adapter1", "adapter2") if host.family == "swin" else ("adapter",)
-            for site, name in zip(SITES[host.family], names):
-                prefixes[f"{ours}.peft_sites.{site.value}.0."] = f"{theirs}.{name}."
+            for site, name in zip(sites, names):
+                prefixes[f"{block.path}.peft_sites.{site.value}.0."] = (
+                    f"{host.release_block(block)}.{name}.")
         center_names = {"down": "projA_params", "up": "projB_params"}
         center_names.update({f"kernels.k{k}": f"conv{k}x{k}_params" for k in self.config.kernels})
         out = {}

@@ -1,12 +1,18 @@
 """The method registry: one decorator for built-in and third-party methods alike.
 
-Third-party packages expose methods through the entry-point group ``parax_bench.methods``;
-each entry point names a module (importing it runs its ``@register_method``) or a
-:class:`~methods.base.PEFTMethod` subclass. Entry points are loaded on first lookup.
+A method is one file. Every module of the ``methods`` package is imported when a listing needs
+them all (a lookup by name imports ``methods/NAME.py`` first), so dropping a file in is all it
+takes: no import line to add. Third-party packages expose methods through the entry-point
+group ``parax_bench.methods``; each entry point names a module (importing it runs its
+``@register_method``) or a :class:`~methods.base.PEFTMethod` subclass.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import pkgutil
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TypeVar
 
 from .base import PEFTMethod
@@ -14,7 +20,8 @@ from .base import PEFTMethod
 ENTRY_POINT_GROUP = "parax_bench.methods"
 
 _REGISTRY: dict[str, type[PEFTMethod]] = {}
-_entry_points_loaded = False
+_discovered = False
+PACKAGE = __name__.rpartition(".")[0]  # "methods"
 
 M = TypeVar("M", bound=type[PEFTMethod])
 
@@ -37,11 +44,16 @@ def register_method(cls: M) -> M:
     return cls
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
+def _discover() -> None:
+    """Import every module of the methods package, then the installed entry points (once)."""
+    global _discovered
+    if _discovered:
         return
-    _entry_points_loaded = True
+    _discovered = True
+    package = importlib.import_module(PACKAGE)
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.ispkg and not info.name.startswith("_"):
+            importlib.import_module(f"{PACKAGE}.{info.name}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
         if isinstance(obj, type) and issubclass(obj, PEFTMethod):
@@ -49,7 +61,10 @@ def _load_entry_points() -> None:
 
 
 def get_method(name: str) -> type[PEFTMethod]:
-    _load_entry_points()
+    if name not in _REGISTRY and importlib.util.find_spec(f"{PACKAGE}.{name}") is not None:
+        importlib.import_module(f"{PACKAGE}.{name}")  # methods/NAME.py: no need to import all
+    if name not in _REGISTRY:
+        _discover()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -58,5 +73,11 @@ def get_method(name: str) -> type[PEFTMethod]:
 
 
 def available_methods() -> dict[str, type[PEFTMethod]]:
-    _load_entry_points()
+    _discover()
     return dict(sorted(_REGISTRY.items()))
+
+
+def source_file(name: str) -> Path:
+    """The file defining method ``name`` (its cells depend on it, wherever it lives)."""
+    module = importlib.import_module(get_method(name).__module__)
+    return Path(module.__file__).resolve()

@@ -77,6 +77,7 @@ class RepAdapter(PEFTMethod):
     paper_name = "RepAdapter"
     description = "RepAdapter: linear adapters before attention and MLP, foldable after training"
     config_class = RepAdapterConfig
+    requires = (Site.ATTN_IN, Site.MLP_IN)
 
     @classmethod
     def paper_config(cls, backbone, task) -> RepAdapterConfig:
@@ -92,9 +93,10 @@ class RepAdapter(PEFTMethod):
                 host.add(site, RepAdapterModule(block.dim, self.config), block=block)
 
     def merge(self, host: BackboneHost) -> None:
-        if host.family == "convnext":
-            raise NotMergeableError("repadapter: on ConvNeXt the adapter before the depthwise "
-                                    "conv mixes channels and cannot fold into it")
+        if not all(host.has(target) for target in FOLDS_INTO.values()):
+            raise NotMergeableError(f"repadapter: on {host.display_name} an adapter is not "
+                                    f"followed by a linear layer (ConvNeXt: a depthwise conv, "
+                                    f"while the adapter mixes channels) and cannot fold into it")
         with torch.no_grad():
             for block in host.blocks:
                 sites = block.module.peft_sites

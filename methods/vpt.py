@@ -7,7 +7,8 @@ zero-padded for them (the host's ``prompts`` site); prompt widths follow the sta
 channels, so n prompts cost n x sum of C over blocks (12,032 n on Swin-B), but every stage's
 prompts are drawn with the v of the stage-0 width C (KMnP/vpt, the Swin prompt model computes
 it once). The paper keeps VPT's original configuration; its 0.1 M / 0.2 M correspond to n = 10.
-Not applicable to ConvNeXt (no token sequence), as in the paper.
+Not applicable to a family without a ``prompts`` site: ConvNeXt has no token sequence, and
+the paper omits it there.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class VPT(PEFTMethod):
     paper_name = "VPT"
     description = "VPT-deep: learnable prompt tokens at every block (every window on Swin)"
     config_class = VPTConfig
-    not_applicable = {"convnext": "ConvNeXt has no token sequence to prompt (the paper omits it)"}
+    requires = (Site.PROMPTS,)
 
     def attach(self, host: BackboneHost) -> None:
         host.require(Site.PROMPTS, method=self.name)

@@ -15,14 +15,12 @@ from pipelines.grid import load_params
 
 def check_real(dataset: str, root: Path) -> None:
     """The checks a cell makes before training (layout, annotation files, label ranges)."""
-    from benchmark.runner import task_config
-    from tasks.cell import Cell
+    from tasks import check_dataset
 
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root} (the paper profile reads "
                                 f"each dataset from grid.data_root/NAME in its release layout)")
-    task_config(Cell(task=dataset, backbone="swin-b", method="linear", data_root=str(root),
-                     work_dir="unused", profile="paper"))
+    check_dataset(dataset, root)
 
 
 def synthesize(params: dict, dataset: str) -> Path:

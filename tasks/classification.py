@@ -23,13 +23,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from methods import build
+from catalog import Cell, TaskSpec, get_backbone
 
-from .cell import Cell
-from .registry import DataFormatError
-
-SPLITS_DIR = Path(__file__).resolve().parent / "splits"
-MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+from .common import MEAN, STD, loader
+from .registry import DataFormatError, Kind, register_kind
 
 
 def _need(path: Path, what: str) -> Path:
@@ -209,20 +206,32 @@ class TopOneAccuracy(BaseMetric):
         return {"top1": 100.0 * sum(results) / max(len(results), 1)}
 
 
-DATASET_TYPES = {"cifar100": ("CIFAR100", 100), "svhn": ("SVHN", 10),
-                 "food101": ("Food101", 101), "imagenet_r": ("ImageNetR", 200)}
+# layout format -> the dataset class (registered above) that reads it
+FORMATS = {"cifar100": "CIFAR100", "svhn": "SVHN", "food101": "Food101", "imagenet_r": "ImageNetR"}
 PROFILES = {
     "mini": dict(batch=32, iters=60, warmup=5, lr=0.05, weight_decay=0.0),
     # spec §5: SGD lr 0.1 x 1024 / 256, 100 epochs with 20 warm-up epochs, cosine.
     "paper": dict(batch=1024, iters=None, warmup=None, lr=0.4, weight_decay=0.0),
 }
-IMG_SIZE = {"vit-micro": 32, "swin-micro": 64, "convnext-micro": 64}
 PAPER_DROP_PATH = {"imagenet_r": 0.1, "cifar100": 0.0, "svhn": 0.0, "food101": 0.05}
 
 
-def build_config(cell: Cell) -> dict[str, Any]:
+def _dataset(spec: TaskSpec, root: str, split: str, train: bool) -> dict[str, Any]:
+    return dict(type=FORMATS[spec.layout.format], data_root=root, split=split, train=train)
+
+
+def check(spec: TaskSpec, root: str) -> None:
+    """Both splits load (every file is read and its labels range-checked)."""
+    from mmengine.registry import DATASETS as registry
+
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"data directory not found: {root}")
+    for split in ("train", "test"):
+        registry.build(_dataset(spec, root, split, False))
+
+
+def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     p = dict(PROFILES[cell.profile])
-    kind, num_classes = DATASET_TYPES[cell.task]
     paper = cell.profile == "paper"
     loop: dict[str, Any]
     if paper:
@@ -240,21 +249,18 @@ def build_config(cell: Cell) -> dict[str, Any]:
                          end=max(iters, p["warmup"] + 1), eta_min=0.0)]
     weight_decay = 1e-4 if paper and cell.task == "imagenet_r" else p["weight_decay"]
 
-    def loader(split: str, train: bool) -> dict[str, Any]:
-        return dict(batch_size=p["batch"], num_workers=0, persistent_workers=False,
-                    sampler=dict(type="InfiniteSampler" if train and not paper else "DefaultSampler",
-                                 shuffle=train),
-                    collate_fn=dict(type="default_collate"),
-                    dataset=dict(type=kind, data_root=cell.data_root, split=split, train=train))
+    def split_loader(split: str, train: bool) -> dict[str, Any]:
+        return loader(p["batch"], _dataset(spec, cell.data_root, split, train), train, paper,
+                      collate_fn=dict(type="default_collate"))
 
     return dict(
         model=dict(type="PooledClassifier", backbone=cell.backbone, method=cell.method,
-                   task=cell.task, num_classes=num_classes,
-                   img_size=IMG_SIZE.get(cell.backbone, 224), options=dict(cell.options),
-                   drop_path_rate=PAPER_DROP_PATH[cell.task] if paper else 0.0,
+                   task=cell.task, num_classes=spec.layout.num_classes,
+                   img_size=get_backbone(cell.backbone).input_size, options=dict(cell.options),
+                   drop_path_rate=PAPER_DROP_PATH.get(cell.task, 0.0) if paper else 0.0,
                    pretrained=cell.pretrained),
-        train_dataloader=loader("train", True),
-        val_dataloader=loader("test", False),
+        train_dataloader=split_loader("train", True),
+        val_dataloader=split_loader("test", False),
         val_evaluator=dict(type="TopOneAccuracy"),
         train_cfg=loop,
         val_cfg=dict(type="ValLoop"),
@@ -262,3 +268,13 @@ def build_config(cell: Cell) -> dict[str, Any]:
             type="SGD", lr=p["lr"], momentum=0.9, weight_decay=weight_decay)),
         param_scheduler=schedule,
     )
+
+
+def write(spec: TaskSpec, root: Path, seed: int = 0, **sizes: int) -> Path:
+    """Object-centric synthetic images in the spec's release format."""
+    from .synthetic import writers
+
+    return writers.CLASSIFICATION_WRITERS[spec.layout.format](root, seed=seed, **sizes)
+
+
+register_kind("classification", Kind(build_config, check, write))

@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .cell import Cell, warmup_multistep
-from .registry import DataFormatError
+from catalog import Cell, CocoLayout, TaskSpec
 
-MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+from .common import adamw, backbone_cfg, loader, stage_dims, warmup_multistep
+from .registry import DataFormatError, Kind, register_kind
+
 PROFILES = {
     "mini": dict(scale=(128, 128), batch=2, iters=100, warmup=10, width=64, fc=256, lr=2e-4),
     # spec §5: Mask R-CNN 1x, 1333x800, batch 16, AdamW lr 1e-4 / wd 0.05, steps at 8 and 11.
@@ -77,10 +78,11 @@ def lighten(model: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
-def check_coco(root: str, split: str, kind: str = "instances") -> Path:
+def check_coco(root: str, layout: CocoLayout, split: str) -> Path:
     """The annotation file (``annotations/{kind}_{split}.json``) parses as COCO and every
     image it lists exists."""
-    base = Path(root) / "coco"
+    kind = layout.annotations
+    base = Path(root) / layout.base
     ann = base / "annotations" / f"{kind}_{split}.json"
     if not ann.is_file():
         raise DataFormatError(f"COCO annotations not found: expected {ann}")
@@ -102,27 +104,31 @@ def check_coco(root: str, split: str, kind: str = "instances") -> Path:
     return ann
 
 
-def build_config(cell: Cell) -> dict[str, Any]:
+def check(spec: TaskSpec, root: str) -> None:
+    for split in spec.layout.splits:
+        check_coco(root, spec.layout, split)
+
+
+def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     _register_metric()
     p = PROFILES[cell.profile]
-    train_ann = check_coco(cell.data_root, "train2017")
-    val_ann = check_coco(cell.data_root, "val2017")
+    train_ann, val_ann = (check_coco(cell.data_root, spec.layout, s) for s in spec.layout.splits)
     model = narrow(mmdet_model("_base_/models/mask-rcnn_r50_fpn.py"), p["width"], p["fc"])
     if cell.profile == "mini":
         model = lighten(model)
     load = dict(type="LoadAnnotations", with_bbox=True, with_mask=True)
     evaluator = dict(type="CocoInstanceMetric", ann_file=str(val_ann), metric=["bbox", "segm"])
-    return coco_config(cell, model, "CocoDataset", train_ann, val_ann, load, evaluator)
+    return coco_config(spec, cell, model, "CocoDataset", train_ann, val_ann, load, evaluator)
 
 
-def coco_config(cell: Cell, model: dict[str, Any], dataset: str, train_ann: Path, val_ann: Path,
-                load: dict[str, Any], evaluator: dict[str, Any],
+def coco_config(spec: TaskSpec, cell: Cell, model: dict[str, Any], dataset: str, train_ann: Path,
+                val_ann: Path, load: dict[str, Any], evaluator: dict[str, Any],
                 seg_prefix: str | None = None, meta_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Runner config shared by the COCO detection-style tasks (Mask R-CNN, Panoptic FPN)."""
     p = PROFILES[cell.profile]
     paper = cell.profile == "paper"
-    model["backbone"] = cell.backbone_cfg(PAPER_DROP_PATH.get(cell.backbone, 0.0) if paper else 0.0)
-    model["neck"]["in_channels"] = cell.stage_dims()
+    model["backbone"] = backbone_cfg(cell, PAPER_DROP_PATH.get(cell.backbone, 0.0) if paper else 0.0)
+    model["neck"]["in_channels"] = stage_dims(cell)
     train_pipeline = [
         dict(type="LoadImageFromFile"),
         load,
@@ -137,36 +143,44 @@ def coco_config(cell: Cell, model: dict[str, Any], dataset: str, train_ann: Path
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
                                               "scale_factor") + meta_keys),
     ]
-    root = f"{cell.data_root}/coco"
+    root = f"{cell.data_root}/{spec.layout.base}"
 
-    def loader(split: str, ann: Path, train: bool) -> dict[str, Any]:
+    def split_loader(split: str, ann: Path, train: bool) -> dict[str, Any]:
         prefix = dict(img=f"{split}/")
         if seg_prefix:
             prefix["seg"] = seg_prefix.format(split=split)
-        return dict(batch_size=p["batch"] if train else 1, num_workers=0, persistent_workers=False,
-                    sampler=dict(type="InfiniteSampler" if train and not paper else "DefaultSampler",
-                                 shuffle=train),
-                    batch_sampler=dict(type="AspectRatioBatchSampler") if train and paper else None,
-                    dataset=dict(type=dataset, data_root=root, ann_file=str(ann.relative_to(root)),
-                                 data_prefix=prefix,
-                                 filter_cfg=dict(filter_empty_gt=True, min_size=4) if train else None,
-                                 pipeline=train_pipeline if train else test_pipeline,
-                                 test_mode=not train))
+        return loader(p["batch"] if train else 1,
+                      dict(type=dataset, data_root=root, ann_file=str(ann.relative_to(root)),
+                           data_prefix=prefix,
+                           filter_cfg=dict(filter_empty_gt=True, min_size=4) if train else None,
+                           pipeline=train_pipeline if train else test_pipeline,
+                           test_mode=not train),
+                      train, paper,
+                      batch_sampler=dict(type="AspectRatioBatchSampler") if train and paper else None)
 
     loop, schedule = warmup_multistep(cell, p, milestones=[8, 11])
+    train_split, val_split = spec.layout.splits
     return dict(
         default_scope="mmdet",
         model=model,
-        train_dataloader=loader("train2017", train_ann, True),
-        val_dataloader=loader("val2017", val_ann, False),
+        train_dataloader=split_loader(train_split, train_ann, True),
+        val_dataloader=split_loader(val_split, val_ann, False),
         val_evaluator=evaluator,
         train_cfg=loop,
         val_cfg=dict(type="ValLoop"),
         optim_wrapper=dict(type="OptimWrapper",
-                           optimizer=dict(type="AdamW", lr=p["lr"], betas=(0.9, 0.999),
-                                          weight_decay=0.05),
+                           optimizer=adamw(p["lr"], 0.05, betas=(0.9, 0.999)),
                            paramwise_cfg=dict(norm_decay_mult=0.0, custom_keys={
                                "relative_position_bias_table": dict(decay_mult=0.0),
                                "absolute_pos_embed": dict(decay_mult=0.0)})),
         param_scheduler=schedule,
     )
+
+
+def write(spec: TaskSpec, root: Path, seed: int = 0, **sizes: int) -> Path:
+    from .synthetic.writers import write_coco_instances
+
+    return write_coco_instances(root, seed=seed, **sizes)
+
+
+register_kind("instance_segmentation", Kind(build_config, check, write))

@@ -18,9 +18,10 @@ from mmengine.evaluator import BaseMetric
 from mmengine.registry import METRICS
 from PIL import Image
 
-from .cell import Cell
+from catalog import Cell, CocoLayout, TaskSpec
+
 from .detection import PROFILES, coco_config, lighten, mmdet_model, narrow
-from .registry import DataFormatError
+from .registry import DataFormatError, Kind, register_kind
 
 INSTANCE_OFFSET = 1000  # mmdet's panoptic id = instance * 1000 + label
 
@@ -130,9 +131,9 @@ class PanopticQuality(BaseMetric):
         return out
 
 
-def check_panoptic(root: str, split: str) -> Path:
-    base = Path(root) / "coco"
-    ann = base / "annotations" / f"panoptic_{split}.json"
+def check_panoptic(root: str, layout: CocoLayout, split: str) -> Path:
+    base = Path(root) / layout.base
+    ann = base / "annotations" / f"{layout.annotations}_{split}.json"
     if not ann.is_file():
         raise DataFormatError(f"COCO panoptic annotations not found: expected {ann}")
     try:
@@ -149,10 +150,14 @@ def check_panoptic(root: str, split: str) -> Path:
     return ann
 
 
-def build_config(cell: Cell) -> dict[str, Any]:
+def check(spec: TaskSpec, root: str) -> None:
+    for split in spec.layout.splits:
+        check_panoptic(root, spec.layout, split)
+
+
+def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     p = PROFILES[cell.profile]
-    train_ann = check_panoptic(cell.data_root, "train2017")
-    val_ann = check_panoptic(cell.data_root, "val2017")
+    train_ann, val_ann = (check_panoptic(cell.data_root, spec.layout, s) for s in spec.layout.splits)
     model = narrow(mmdet_model("panoptic_fpn/panoptic-fpn_r50_fpn_1x_coco.py"), p["width"], p["fc"])
     if cell.profile == "mini":  # tiny images: keep small stuff regions
         model = lighten(model)
@@ -160,6 +165,15 @@ def build_config(cell: Cell) -> dict[str, Any]:
     _register_transform()
     load = dict(type="LoadPanopticPNG", with_bbox=True, with_mask=True, with_seg=True)
     evaluator = dict(type="PanopticQuality", num_things=80, num_stuff=53)
-    return coco_config(cell, model, "CocoPanopticDataset", train_ann, val_ann, load, evaluator,
+    return coco_config(spec, cell, model, "CocoPanopticDataset", train_ann, val_ann, load, evaluator,
                        seg_prefix="annotations/panoptic_{split}/",
                        meta_keys=("seg_map_path", "segments_info"))
+
+
+def write(spec: TaskSpec, root: Path, seed: int = 0, **sizes: int) -> Path:
+    from .synthetic.writers import write_coco_panoptic
+
+    return write_coco_panoptic(root, seed=seed, **sizes)
+
+
+register_kind("panoptic_segmentation", Kind(build_config, check, write))

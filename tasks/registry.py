@@ -1,49 +1,84 @@
-"""Task names and what the paper calls them (dataset, task kind) for reported-number lookups."""
+"""Task kinds: each turns a task spec (``catalog``) into a training configuration, checks a
+dataset in the spec's layout before anything is built, and writes synthetic data in it.
+
+A kind's module registers itself with :func:`register_kind`; ``task_config``,
+``check_dataset`` and ``synthesize`` look the kind up from the task's spec, so runner, data
+stage and synthetic writer read one description of every dataset.
+"""
 from __future__ import annotations
 
+import hashlib
+import importlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
+from catalog import Cell, TaskSpec, get_task
 
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    kind: str  # semantic_segmentation | instance_segmentation | panoptic_segmentation |
-    #            pose_estimation | classification (the paper table's task column)
-    paper_dataset: str  # the paper table's dataset column
-    description: str
-
-    @property
-    def dense(self) -> bool:
-        """Dense tasks feed multi-scale backbone features to a neck/decoder."""
-        return self.kind != "classification"
+# kind -> the module of tasks/ that implements it (imported on first use)
+KIND_MODULES = {
+    "semantic_segmentation": "segmentation",
+    "instance_segmentation": "detection",
+    "panoptic_segmentation": "panoptic",
+    "pose_estimation": "pose",
+    "classification": "classification",
+}
 
 
 class DataFormatError(ValueError):
     """A dataset file is missing or not in the expected format; the message names it."""
 
 
-class UnknownTaskError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+@dataclass(frozen=True)
+class Kind:
+    build_config: Callable[[TaskSpec, Cell], dict[str, Any]]  # checks the data, then builds
+    check: Callable[[TaskSpec, str], None]  # the data check alone (the paper's data stage)
+    write: Callable[..., Path]  # (spec, root, seed=0, train=, val=, size=): synthetic data
 
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    TaskSpec("ade20k", "semantic_segmentation", "ADE20K", "ADE20K semantic segmentation, UperNet"),
-    TaskSpec("coco_instance", "instance_segmentation", "COCO2017",
-             "COCO detection + instance segmentation, Mask R-CNN 1x"),
-    TaskSpec("coco_panoptic", "panoptic_segmentation", "COCO2017", "COCO panoptic, Panoptic FPN 1x"),
-    TaskSpec("coco_pose", "pose_estimation", "COCO2017 keypoints", "COCO keypoints, top-down heatmap"),
-    TaskSpec("potsdam", "semantic_segmentation", "ISPRS Potsdam", "ISPRS Potsdam, UperNet"),
-    TaskSpec("loveda", "semantic_segmentation", "LoveDA", "LoveDA, UperNet"),
-    TaskSpec("cifar100", "classification", "CIFAR-100", "CIFAR-100 classification"),
-    TaskSpec("svhn", "classification", "SVHN", "SVHN classification"),
-    TaskSpec("food101", "classification", "Food-101", "Food-101 classification"),
-    TaskSpec("imagenet_r", "classification", "ImageNet-R", "ImageNet-R classification"),
-]}
+_KINDS: dict[str, Kind] = {}
 
 
-def get_task(name: str) -> TaskSpec:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise UnknownTaskError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}") from None
+def register_kind(name: str, kind: Kind) -> Kind:
+    _KINDS[name] = kind
+    return kind
+
+
+def kind_of(task: str | TaskSpec) -> Kind:
+    spec = get_task(task) if isinstance(task, str) else task
+    if spec.kind not in _KINDS:
+        importlib.import_module(f"{__package__}.{KIND_MODULES[spec.kind]}")
+    return _KINDS[spec.kind]
+
+
+def task_config(cell: Cell) -> dict[str, Any]:
+    """The mmengine runner configuration of ``cell`` (after checking its data)."""
+    spec = get_task(cell.task)
+    return kind_of(spec).build_config(spec, cell)
+
+
+def check_dataset(task: str, root: str | Path) -> None:
+    spec = get_task(task)
+    kind_of(spec).check(spec, str(root))
+
+
+def write_dataset(task: str, root: str | Path, seed: int = 0, **sizes: int) -> Path:
+    spec = get_task(task)
+    return kind_of(spec).write(spec, Path(root), seed=seed, **sizes)
+
+
+CONTENT_HASH_LIMIT = 256 * 2**20  # bytes; larger datasets are fingerprinted by name and size
+
+
+def fingerprint(root: str | Path) -> str:
+    """sha256 over every file's relative path and bytes, in sorted order; for datasets over
+    CONTENT_HASH_LIMIT (the real ones) over paths and sizes only, prefixed 'meta:'."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    sizes = [p.stat().st_size for p in files]
+    by_content = sum(sizes) <= CONTENT_HASH_LIMIT
+    digest = hashlib.sha256()
+    for path, size in zip(files, sizes):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes() if by_content else str(size).encode())
+    return digest.hexdigest() if by_content else "meta:" + digest.hexdigest()

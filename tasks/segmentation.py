@@ -1,17 +1,20 @@
-"""Semantic segmentation (ADE20K; Potsdam and LoveDA reuse its settings): UperNet on mmseg."""
+"""Semantic segmentation (ADE20K; Potsdam and LoveDA reuse its settings): UperNet on mmseg.
+
+Reads any dataset in mmseg's folder layouts (``SegmentationLayout``): images beside uint8
+label maps of the same stem, 0 ignored.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .cell import Cell
-from .registry import DataFormatError
+from catalog import Cell, TaskSpec
 
-MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+from .common import MEAN, STD, adamw, backbone_cfg, loader, stage_dims
+from .registry import DataFormatError, Kind, register_kind
 
 # Per profile: crop, batch, iterations, warm-up, decoder width, whether to use the FCN aux head.
 PROFILES = {
@@ -25,8 +28,9 @@ PAPER_DROP_PATH = {"swin-b": 0.15, "swin-l": 0.3, "convnext-b": 0.25, "convnext-
 MINI_LR = 1e-3
 
 
-def dataset_cfg(root: str, spec: SegDataset, train: bool, crop: int) -> dict[str, Any]:
-    split = spec.splits[0 if train else 1]
+def dataset_cfg(root: str, spec: TaskSpec, train: bool, crop: int) -> dict[str, Any]:
+    layout = spec.layout
+    split = layout.splits[0 if train else 1]
     if train:
         pipeline = [
             dict(type="LoadImageFromFile"),
@@ -44,46 +48,28 @@ def dataset_cfg(root: str, spec: SegDataset, train: bool, crop: int) -> dict[str
             dict(type="LoadAnnotations", reduce_zero_label=True),
             dict(type="PackSegInputs"),
         ]
-    return dict(type=spec.type, data_root=f"{root}/{spec.base}",
-                data_prefix=dict(img_path=spec.images.format(split=split),
-                                 seg_map_path=spec.labels.format(split=split)),
-                pipeline=pipeline)
+    cfg = dict(type=layout.dataset_type, data_root=f"{root}/{layout.base}",
+               data_prefix=dict(img_path=layout.images.format(split=split),
+                                seg_map_path=layout.labels.format(split=split)),
+               pipeline=pipeline)
+    if layout.classes is not None:  # a dataset of our own: mmseg's generic class
+        cfg.update(img_suffix=layout.img_suffix, seg_map_suffix=".png", reduce_zero_label=True,
+                   metainfo=dict(classes=list(layout.classes)))
+    return cfg
 
 
-@dataclass(frozen=True)
-class SegDataset:
-    """Where a dataset's files live (mmseg's layouts) and how many classes it has."""
-
-    type: str
-    num_classes: int
-    base: str  # folder under the data root
-    images: str  # '{split}' is replaced by the split folder
-    labels: str
-    img_suffix: str
-    splits: tuple[str, str]  # (train, val) folder names
-
-
-DATASETS = {
-    "ade20k": SegDataset("ADE20KDataset", 150, "ADEChallengeData2016", "images/{split}",
-                         "annotations/{split}", ".jpg", ("training", "validation")),
-    # mmsegmentation's converted layouts of the ISPRS Potsdam and LoveDA releases
-    "potsdam": SegDataset("PotsdamDataset", 6, "potsdam", "img_dir/{split}", "ann_dir/{split}",
-                          ".png", ("train", "val")),
-    "loveda": SegDataset("LoveDADataset", 7, "loveDA", "img_dir/{split}", "ann_dir/{split}",
-                         ".png", ("train", "val")),
-}
-
-
-def check_dataset(root: str, spec: SegDataset) -> None:
+def check(spec: TaskSpec, root: str) -> None:
     """Every image has a label map of its size with values in [0, num_classes] (0 = ignored)."""
-    base = Path(root) / spec.base
-    for split in spec.splits:
-        img_dir = base / spec.images.format(split=split)
-        ann_dir = base / spec.labels.format(split=split)
+    layout = spec.layout
+    base = Path(root) / layout.base
+    for split in layout.splits:
+        img_dir = base / layout.images.format(split=split)
+        ann_dir = base / layout.labels.format(split=split)
         for d in (img_dir, ann_dir):
             if not d.is_dir():
-                raise DataFormatError(f"{spec.type}: directory not found: expected {d}")
-        images = sorted(p.name[: -len(spec.img_suffix)] for p in img_dir.glob(f"*{spec.img_suffix}"))
+                raise DataFormatError(f"{layout.dataset_type}: directory not found: expected {d}")
+        images = sorted(p.name[: -len(layout.img_suffix)]
+                        for p in img_dir.glob(f"*{layout.img_suffix}"))
         labels = sorted(p.stem for p in ann_dir.glob("*.png"))
         if images != labels:
             unmatched = sorted(set(images) ^ set(labels))[:3]
@@ -91,26 +77,25 @@ def check_dataset(root: str, spec: SegDataset) -> None:
                                   f"(unmatched: {unmatched})")
         for stem in labels:
             path = ann_dir / f"{stem}.png"
-            with Image.open(path) as png, Image.open(img_dir / f"{stem}{spec.img_suffix}") as img:
+            with Image.open(path) as png, Image.open(img_dir / f"{stem}{layout.img_suffix}") as img:
                 label, size = np.asarray(png), img.size
             if label.ndim != 2 or (label.shape[1], label.shape[0]) != size:
                 raise DataFormatError(f"{path}: expected a single-channel map of the image's "
                                       f"size {size}, got shape {label.shape}")
-            if label.max() > spec.num_classes:
+            if label.max() > layout.num_classes:
                 raise DataFormatError(f"{path}: label value {int(label.max())} outside "
-                                      f"0..{spec.num_classes} (0 = ignored)")
+                                      f"0..{layout.num_classes} (0 = ignored)")
 
 
-def build_config(cell: Cell) -> dict[str, Any]:
-    spec = DATASETS[cell.task]
-    check_dataset(cell.data_root, spec)
+def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
+    check(spec, cell.data_root)
     p = dict(PROFILES[cell.profile])
     if cell.iters is not None:
         p["iters"] = cell.iters
-    backbone = cell.backbone_cfg(drop_path=PAPER_DROP_PATH.get(cell.backbone, 0.0)
-                                 if cell.profile == "paper" else 0.0)
-    dims = cell.stage_dims()
-    num_classes = spec.num_classes
+    paper = cell.profile == "paper"
+    backbone = backbone_cfg(cell, PAPER_DROP_PATH.get(cell.backbone, 0.0) if paper else 0.0)
+    dims = stage_dims(cell)
+    num_classes = spec.layout.num_classes
     model = dict(
         type="EncoderDecoder",
         data_preprocessor=dict(type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True,
@@ -128,25 +113,43 @@ def build_config(cell: Cell) -> dict[str, Any]:
             concat_input=False, dropout_ratio=0.1, num_classes=num_classes,
             norm_cfg=dict(type="BN", requires_grad=True), align_corners=False,
             loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4))
-    lr = PAPER_LR.get(cell.backbone, 6e-5) if cell.profile == "paper" else MINI_LR
+    lr = PAPER_LR.get(cell.backbone, 6e-5) if paper else MINI_LR
+    # Trained by iterations in both profiles (an infinite sampler); validation: one pass.
+    train_loader = loader(p["batch"], dataset_cfg(cell.data_root, spec, True, p["crop"]),
+                          train=True, paper=False)
+    val_loader = loader(p["val_batch"], dataset_cfg(cell.data_root, spec, False, p["crop"]),
+                        train=False, paper=False)
     return dict(
         default_scope="mmseg",
         model=model,
-        train_dataloader=dict(batch_size=p["batch"], num_workers=0, persistent_workers=False,
-                              sampler=dict(type="InfiniteSampler", shuffle=True),
-                              dataset=dataset_cfg(cell.data_root, spec, True, p["crop"])),
-        val_dataloader=dict(batch_size=p["val_batch"], num_workers=0, persistent_workers=False,
-                            sampler=dict(type="DefaultSampler", shuffle=False),
-                            dataset=dataset_cfg(cell.data_root, spec, False, p["crop"])),
+        train_dataloader=train_loader,
+        val_dataloader=val_loader,
         val_evaluator=dict(type="IoUMetric", iou_metrics=["mIoU"]),
         # Validation runs once, after training (the runner calls it).
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=p["iters"], val_begin=p["iters"] + 1),
         val_cfg=dict(type="ValLoop"),
         optim_wrapper=dict(type="OptimWrapper",
-                           optimizer=dict(type="AdamW", lr=lr, betas=(0.9, 0.999), weight_decay=0.01)),
+                           optimizer=adamw(lr, 0.01, betas=(0.9, 0.999))),
         param_scheduler=[
             dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0,
                  end=max(1, min(p["warmup"], p["iters"]))),
         ] + ([dict(type="PolyLR", eta_min=0.0, power=1.0, begin=p["warmup"], end=p["iters"],
                    by_epoch=False)] if p["iters"] > p["warmup"] else []),
     )
+
+
+def write(spec: TaskSpec, root: Path, seed: int = 0, train: int = 64, val: int = 16,
+          size: int = 64) -> Path:
+    """Synthetic scenes in the spec's layout (its ``synthetic``: stuff and thing classes and
+    the file-name prefix per split)."""
+    from .synthetic.writers import write_segmentation
+
+    layout, scenes = spec.layout, spec.synthetic
+    prefixes = scenes.get("prefixes", ("train", "val"))
+    return write_segmentation(
+        Path(root) / layout.base, seed, dict(zip(layout.splits, (train, val))), size,
+        list(scenes.get("stuff", (1, 2))), list(scenes.get("things", (3,))), layout.img_suffix,
+        layout.images, layout.labels, dict(zip(layout.splits, prefixes)))
+
+
+register_kind("semantic_segmentation", Kind(build_config, check, write))

@@ -55,7 +55,8 @@ def placements(host):
 @pytest.mark.parametrize("method", BASELINES)
 def test_sites_freezing_and_forward_backward(method, family):
     if method == "vpt" and family == "convnext":
-        with pytest.raises(NotApplicableError, match="vpt is not applicable to convnext"):
+        with pytest.raises(NotApplicableError, match="vpt is not applicable to ConvNeXt backbones: the "
+                                                     "family has no prompts placement"):
             attach(method, family)
         return
     host = attach(method, family)

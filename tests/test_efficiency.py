@@ -188,5 +188,5 @@ def test_not_applicable_method_is_skipped_with_the_reason():
                       batch=2, budget=None, device="cpu", warmup=0, iters=2, latency_iters=2)
     result = run(setting, ["vpt"], isolate=False, log=lambda line: None)
     assert [r["name"] for r in result["rows"]] == ["full", "linear"]
-    assert result["skipped"] == ["vpt: vpt is not applicable to convnext backbones: "
-                                 + get_method("vpt").not_applicable["convnext"]]
+    assert result["skipped"] == ["vpt: vpt is not applicable to ConvNeXt backbones: the family "
+                                 "has no prompts placement"]

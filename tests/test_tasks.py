@@ -11,8 +11,8 @@ from PIL import Image
 
 from benchmark import runner as runner_module
 from benchmark.cli import main
+from catalog import Cell
 from tasks import DataFormatError
-from tasks.cell import Cell
 from tasks.synthetic import fingerprint, generate
 
 
@@ -28,8 +28,8 @@ def train(tmp_path, task, data_root, method="parax", backbone=None, iters=None, 
     backbone = backbone or ("swin-micro" if task == "ade20k" else "vit-micro")
     out = tmp_path / f"{name}.json"
     cell = Cell(task=task, backbone=backbone, method=method, data_root=str(data_root),
-                work_dir=str(work_dir or tmp_path / f"{name}.work"), seed=seed, iters=iters)
-    return runner_module.run_cell(cell, out), out
+                seed=seed, iters=iters)
+    return runner_module.run_cell(cell, out, work_dir or tmp_path / f"{name}.work"), out
 
 
 def test_synthetic_data_is_deterministic(tmp_path, data):
@@ -202,9 +202,9 @@ def test_instance_segmentation_cell_learns_from_a_pretrained_backbone(tmp_path):
 
     def cell(iters, name):
         c = Cell(task="coco_instance", backbone="convnext-micro", method="parax",
-                 data_root=str(coco), work_dir=str(tmp_path / f"{name}.work"), iters=iters,
-                 pretrained=str(ckpt))
-        return runner_module.run_cell(c, tmp_path / f"{name}.json")["metrics"]
+                 data_root=str(coco), iters=iters, pretrained=str(ckpt))
+        return runner_module.run_cell(c, tmp_path / f"{name}.json",
+                                      tmp_path / f"{name}.work")["metrics"]
 
     untrained, trained = cell(0, "untrained"), cell(100, "trained")
     assert trained["coco/bbox_mAP_50"] > untrained["coco/bbox_mAP_50"] + 0.02

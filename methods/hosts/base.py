@@ -4,7 +4,12 @@ A host wraps a timm backbone of one family (Swin, ConvNeXt, ViT) and gives every
 same vocabulary of sites, so that no method touches a block's code. To keep timm's parameter
 names (and so timm's and the original releases' checkpoints) intact, the host re-classes each
 block in place to a site-aware subclass whose forward is the timm forward plus calls into the
-modules attached at each site; with nothing attached the output is bit-identical to timm's.
+modules attached at each site; with nothing attached the output is timm's.
+
+A family is one file (like a timm model file): its host class, registered with
+``@register_family``, owns the timm arguments its dense mode needs, its checkpoint filter and
+release naming, and its placement roles (e.g. "serial adapters after the residual sums"),
+which methods ask for instead of keeping per-family site tables.
 
 Calling convention for modules at token sites: ``module(x, hw) -> x`` with ``x`` of shape
 (B, N, C) and ``hw = (H, W)`` the patch grid; the patch tokens are the last ``H * W`` of the
@@ -12,9 +17,10 @@ N tokens (ViT keeps its class token, and any prompts, in front of them).
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +44,13 @@ class Site(str, enum.Enum):
     STAGE_OUT = "stage_out"  # a stage's output on its way to the neck, replacing its output norm
 
 
+class Role(str, enum.Enum):
+    """A placement a method asks for; each family says which sites realise it."""
+
+    SERIAL = "serial"  # adapters in series after the block's residual sums (ParaX, Mona)
+    BRANCH = "branch"  # inside each residual branch, after its drop path (LoRand)
+
+
 TOKEN_SITES = frozenset({
     Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
     Site.MLP_PARALLEL, Site.BLOCK_OUT,
@@ -45,8 +58,12 @@ TOKEN_SITES = frozenset({
 LINEAR_SITES = frozenset({Site.QKV, Site.FC1, Site.FC2})
 
 
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model; the message says which keys and why."""
+
+
 class SiteNotSupported(ValueError):
-    """The backbone family has no such site."""
+    """The backbone family has no such site (or role)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class BlockInfo:
     index: int  # position inside its stage
     dim: int
     module: nn.Module
+    path: str = ""  # its module path in the model (its key prefix in our naming)
 
 
 class ChannelNorm(nn.LayerNorm):
@@ -125,36 +143,77 @@ def _as_site_linear(linear: nn.Module, where: str) -> SiteLinear:
 class BackboneHost:
     """One timm backbone plus its sites. Subclasses describe a family.
 
-    Attributes the subclasses fill: ``family``, ``sites`` (supported), ``stages``, ``blocks``.
-    Everything a method adds lives in modules registered on ``self.model`` (so ``state_dict``,
-    ``.to()`` and optimisers see it): site modules inside the blocks, shared state in
-    ``model.peft_shared``, stage-output modules in ``model.peft_stage_out``.
+    Attributes the subclasses fill: ``family``, ``sites`` (supported), ``roles``, ``stages``,
+    ``blocks``. Everything a method adds lives in modules registered on ``self.model`` (so
+    ``state_dict``, ``.to()`` and optimisers see it): site modules inside the blocks, shared
+    state in ``model.peft_shared``, stage-output modules in ``model.peft_stage_out``.
     """
 
     family: str = ""
-    out_norm_eps: float | None = None  # dense mode: eps of the stage-output norms (None: none)
+    display_name: str = ""  # the family as messages name it
+    norm_eps: float = 1e-6  # eps of the family's LayerNorms (and of norms methods add to it)
+    dense_out_norms: bool = False  # dense mode ends each stage in a (frozen) LayerNorm
     classifier_prefixes: tuple[str, ...] = ("head.",)  # checkpoint keys only classifiers use
     sites: frozenset[Site] = frozenset()
+    roles: dict[Role, tuple[Site, ...]] = {}  # placement role -> its sites, in block order
     linear_paths: dict[Site, str] = {}  # site -> attribute path inside a block
     block_class: type = nn.Module  # the site-aware subclass blocks are re-classed to
+
+    # -- the family's timm model and checkpoints -----------------------------------------------
+    @classmethod
+    def timm_kwargs(cls, dense: bool) -> dict[str, Any]:
+        """timm arguments of the family's dense (any input size) or classification mode."""
+        return {}
+
+    @staticmethod
+    def checkpoint_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        """A checkpoint in the original release's (or timm's) naming -> timm's naming."""
+        return state
+
+    @staticmethod
+    def release_key(key: str) -> str:
+        """One backbone key of ours (timm's naming) in the original release's naming."""
+        return key
+
+    @classmethod
+    def from_release(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Conversions a release's checkpoint needs before the checkpoint filter."""
+        return state
+
+    @classmethod
+    def to_release(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Conversions (beyond key renaming) that write a state in the release's form."""
+        return state
+
+    @staticmethod
+    def release_stage_attr(name: str, stage: int) -> str:
+        """How the release holds a per-stage module named ``name`` (a ModuleList by default)."""
+        return f"{name}.{stage}"
+
+    @classmethod
+    def has(cls, need: "Site | Role") -> bool:
+        """Whether the family offers a site or a placement role."""
+        return need in cls.roles if isinstance(need, Role) else Site(need) in cls.sites
 
     def __init__(self, model: nn.Module, name: str, dense: bool = True):
         self.model = model
         self.name = name
         self.dense = dense
         self.stages: list[StageInfo] = self._describe_stages()
-        self.blocks: list[BlockInfo] = list(self._iter_blocks())
+        paths = {id(m): name for name, m in model.named_modules()}
+        self.blocks: list[BlockInfo] = [dataclasses.replace(b, path=paths[id(b.module)])
+                                        for b in self._iter_blocks()]
         for info in self.blocks:
             block = info.module
             if not isinstance(block, self.block_class):
                 block.__class__ = self.block_class
                 block.peft_sites = nn.ModuleDict({s.value: nn.ModuleList() for s in Site
                                                   if s in TOKEN_SITES or s is Site.PROMPTS})
-        if dense and self.out_norm_eps is not None:
+        if dense and self.dense_out_norms:
             # As OpenMMLab's dense backbones: a norm on every stage output (part of the
             # backbone, trained only by full fine-tuning) and no classification-only norm.
             self._drop_classifier_norm()
-            model.out_norms = nn.ModuleList([ChannelNorm(s.dim, eps=self.out_norm_eps)
+            model.out_norms = nn.ModuleList([ChannelNorm(s.dim, eps=self.norm_eps)
                                              for s in self.stages])
         model.peft_shared = nn.ModuleDict()
         model.peft_stage_out = nn.ModuleList([nn.ModuleList() for _ in self.stages])
@@ -182,13 +241,23 @@ class BackboneHost:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
     # -- attaching ---------------------------------------------------------------------------
-    def require(self, *sites: Site, method: str = "") -> None:
-        missing = [s.value for s in sites if s not in self.sites]
+    def require(self, *needs: "Site | Role", method: str = "") -> None:
+        missing = [n.value for n in needs if not self.has(n)]
         if missing:
             who = f"{method}: " if method else ""
             raise SiteNotSupported(
-                f"{who}{self.family} backbone '{self.name}' has no site(s) {missing}; "
-                f"its sites are {sorted(s.value for s in self.sites)}")
+                f"{who}{self.family} backbone '{self.name}' has no site or role {missing}; "
+                f"its sites are {sorted(s.value for s in self.sites)}, its roles "
+                f"{sorted(r.value for r in self.roles)}")
+
+    def sites_of(self, role: Role, method: str = "") -> tuple[Site, ...]:
+        """The sites realising ``role`` on this family, in block order."""
+        self.require(role, method=method)
+        return self.roles[role]
+
+    def release_block(self, block: BlockInfo) -> str:
+        """The block's key prefix in the original release's naming."""
+        return self.release_key(block.path + ".")[:-1]
 
     def add(self, site: Site, module: nn.Module, block: BlockInfo | None = None,
             stage: int | None = None) -> nn.Module:
@@ -324,3 +393,27 @@ def split_patches(x: torch.Tensor, hw: Sequence[int]) -> tuple[torch.Tensor, tor
     """Split tokens into (prefix tokens, patch tokens): the patches are the last H*W."""
     n = hw[0] * hw[1]
     return x[:, : x.shape[1] - n], x[:, x.shape[1] - n:]
+
+
+HOSTS: dict[str, type[BackboneHost]] = {}
+
+
+def register_family(cls: type[BackboneHost]) -> type[BackboneHost]:
+    """Class decorator: make a host class the one for ``cls.family`` (one file per family)."""
+    if not (isinstance(cls, type) and issubclass(cls, BackboneHost)) or not cls.family:
+        raise TypeError(f"register_family expects a BackboneHost subclass with a family, got {cls!r}")
+    if cls.family in HOSTS and HOSTS[cls.family] is not cls:
+        raise ValueError(f"family '{cls.family}' is already registered by {HOSTS[cls.family].__name__}")
+    for role, sites in cls.roles.items():
+        missing = [s.value for s in sites if s not in cls.sites]
+        if missing:
+            raise ValueError(f"{cls.__name__}: role {role.value} names sites it lacks: {missing}")
+    HOSTS[cls.family] = cls
+    return cls
+
+
+def get_family(family: str) -> type[BackboneHost]:
+    try:
+        return HOSTS[family]
+    except KeyError:
+        raise KeyError(f"unknown backbone family '{family}'; known: {', '.join(HOSTS)}") from None

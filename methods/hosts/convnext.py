@@ -1,13 +1,16 @@
-"""Host for timm ConvNeXt: one residual sum per block (depthwise conv -> norm -> MLP)."""
+"""The ConvNeXt family: timm's model, one residual sum per block (depthwise conv -> norm ->
+MLP); the original release's checkpoint naming."""
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import torch
 from torch import nn
+from timm.models import convnext
 from timm.models.convnext import ConvNeXtBlock
 
-from .base import BackboneHost, BlockInfo, Site, SiteMixin, StageInfo
+from .base import BackboneHost, BlockInfo, Role, Site, SiteMixin, StageInfo, register_family
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -60,15 +63,29 @@ class ConvNeXtSiteBlock(SiteMixin, ConvNeXtBlock):
         return x
 
 
+@register_family
 class ConvNeXtHost(BackboneHost):
     family = "convnext"
-    out_norm_eps = 1e-6
+    display_name = "ConvNeXt"
+    norm_eps = 1e-6
+    dense_out_norms = True
     sites = frozenset({
         Site.ATTN_IN, Site.MLP_IN, Site.MLP_BRANCH, Site.MLP_PARALLEL, Site.BLOCK_OUT,
         Site.FC1, Site.FC2, Site.STAGE_OUT,
     })
+    roles = {Role.SERIAL: (Site.BLOCK_OUT,), Role.BRANCH: (Site.MLP_BRANCH,)}
     linear_paths = {Site.FC1: "mlp.fc1", Site.FC2: "mlp.fc2"}
     block_class = ConvNeXtSiteBlock
+    checkpoint_filter = staticmethod(convnext.checkpoint_filter_fn)
+
+    @staticmethod
+    def release_key(key: str) -> str:
+        key = re.sub(r"^stem\.", "downsample_layers.0.", key)
+        key = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", key)
+        key = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", key)
+        key = key.replace(".conv_dw.", ".dwconv.").replace(".mlp.fc", ".pwconv")
+        key = re.sub(r"^head\.norm\.", "norm.", key)
+        return re.sub(r"^head\.fc\.", "head.", key)
 
     def _describe_stages(self) -> list[StageInfo]:
         return [StageInfo(i, info["num_chs"], len(stage.blocks), info["reduction"])

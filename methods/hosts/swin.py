@@ -1,14 +1,17 @@
-"""Host for timm Swin Transformer (v1): two residual sums per block, four stages."""
+"""The Swin Transformer (v1) family: timm's model with the original Swin's window order, two
+residual sums per block, four stages; the original release's checkpoint naming."""
 from __future__ import annotations
 
-from typing import Iterator
+import re
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from timm.models import swin_transformer
 from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention, window_partition, window_reverse
 
-from .base import BackboneHost, BlockInfo, Site, SiteMixin, StageInfo
+from .base import BackboneHost, BlockInfo, Role, Site, SiteMixin, StageInfo, register_family
 
 
 class SwinSiteAttention(WindowAttention):
@@ -100,17 +103,40 @@ class SwinSiteBlock(SiteMixin, SwinTransformerBlock):
         return x.reshape(B, H, W, C)
 
 
+@register_family
 class SwinHost(BackboneHost):
     family = "swin"
-    out_norm_eps = 1e-5
+    display_name = "Swin"
+    norm_eps = 1e-5
+    dense_out_norms = True
     classifier_prefixes = ("head.", "norm.")
     sites = frozenset({
         Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
         Site.MLP_PARALLEL, Site.BLOCK_OUT, Site.QKV, Site.FC1, Site.FC2, Site.PROMPTS,
         Site.STAGE_OUT,
     })
+    roles = {Role.SERIAL: (Site.ATTN_OUT, Site.BLOCK_OUT),
+             Role.BRANCH: (Site.ATTN_BRANCH, Site.MLP_BRANCH)}
     linear_paths = {Site.QKV: "attn.qkv", Site.FC1: "mlp.fc1", Site.FC2: "mlp.fc2"}
     block_class = SwinSiteBlock
+    checkpoint_filter = staticmethod(swin_transformer.checkpoint_filter_fn)
+
+    @classmethod
+    def timm_kwargs(cls, dense: bool) -> dict[str, Any]:
+        # Dense heads feed any size: pad to the window, shifted windows always, as the
+        # original detection / segmentation code does.
+        return dict(strict_img_size=False, always_partition=True) if dense else {}
+
+    @staticmethod
+    def release_key(key: str) -> str:
+        # timm downsamples at the start of stage i+1; the release at the end of stage i.
+        key = re.sub(r"^layers\.(\d+)\.downsample",
+                     lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
+        return key.replace("head.fc.", "head.")
+
+    @staticmethod
+    def release_stage_attr(name: str, stage: int) -> str:
+        return f"{name}{stage}"  # the original Swin detection code: norm0, norm1, ...
 
     def __init__(self, model, name, dense=True):
         super().__init__(model, name, dense)

@@ -1,13 +1,21 @@
-"""Host for timm VisionTransformer: pre-norm blocks over [prefix tokens, patch tokens]."""
+"""The ViT family: timm's VisionTransformer, pre-norm blocks over [prefix tokens, patch
+tokens]; checkpoints in timm's / MAE's naming or the ParaX release's (AdaptFormer's code
+base: ``attn.q_proj / k_proj / v_proj`` and block-level ``fc1 / fc2``)."""
 from __future__ import annotations
 
 import math
-from typing import Iterator
+import re
+from typing import Any, Iterator
 
 import torch
+from timm.models import vision_transformer
 from timm.models.vision_transformer import Block
 
-from .base import BackboneHost, BlockInfo, Site, SiteMixin, StageInfo
+from .base import (BackboneHost, BlockInfo, CheckpointError, Role, Site, SiteMixin, StageInfo,
+                   register_family)
+
+_QKV = re.compile(r"^(blocks\.\d+\.attn\.)qkv\.(weight|bias)$")
+_QKV_SPLIT = re.compile(r"^(blocks\.\d+\.attn\.)([qkv])_proj\.(weight|bias)$")
 
 
 class ViTSiteBlock(SiteMixin, Block):
@@ -50,15 +58,61 @@ class ViTSiteBlock(SiteMixin, Block):
         return x
 
 
+@register_family
 class ViTHost(BackboneHost):
     family = "vit"
+    display_name = "ViT"
+    norm_eps = 1e-6
     sites = frozenset({
         Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
         Site.MLP_PARALLEL, Site.BLOCK_OUT, Site.QKV, Site.FC1, Site.FC2, Site.PROMPTS,
         Site.STAGE_OUT,
     })
+    roles = {Role.SERIAL: (Site.BLOCK_OUT,), Role.BRANCH: (Site.ATTN_BRANCH, Site.MLP_BRANCH)}
     linear_paths = {Site.QKV: "attn.qkv", Site.FC1: "mlp.fc1", Site.FC2: "mlp.fc2"}
     block_class = ViTSiteBlock
+    checkpoint_filter = staticmethod(vision_transformer.checkpoint_filter_fn)
+
+    @classmethod
+    def timm_kwargs(cls, dense: bool) -> dict[str, Any]:
+        return dict(dynamic_img_size=True) if dense else {}  # resize the position table
+
+    @staticmethod
+    def release_key(key: str) -> str:
+        return re.sub(r"^blocks\.(\d+)\.mlp\.fc", r"blocks.\1.fc", key)
+
+    @classmethod
+    def to_release(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """timm's fused qkv (3C, ...) -> the release's q_proj / k_proj / v_proj."""
+        out = {}
+        for key, value in state.items():
+            match = _QKV.match(key)
+            if match is None:
+                out[key] = value
+                continue
+            for part, chunk in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{match[1]}{part}_proj.{match[2]}"] = chunk.clone()
+        return out
+
+    @classmethod
+    def from_release(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The release's q_proj / k_proj / v_proj and block-level fc1 / fc2 -> timm's naming
+        (timm's own and MAE's checkpoints pass unchanged)."""
+        parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        out = {}
+        for key, value in state.items():
+            match = _QKV_SPLIT.match(key)
+            if match is None:
+                out[re.sub(r"^blocks\.(\d+)\.fc([12])\.", r"blocks.\1.mlp.fc\2.", key)] = value
+            else:
+                parts.setdefault((match[1], match[3]), {})[match[2]] = value
+        for (prefix, kind), qkv in parts.items():
+            if sorted(qkv) != ["k", "q", "v"]:
+                missing = [f"{prefix}{p}_proj.{kind}" for p in "qkv" if p not in qkv]
+                raise CheckpointError(f"checkpoint has only part of a ViT attention projection: "
+                                      f"missing {missing}")
+            out[f"{prefix}qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
+        return out
 
     def __init__(self, model, name, dense=True):
         super().__init__(model, name, dense)

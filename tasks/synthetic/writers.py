@@ -5,7 +5,6 @@ real datasets; nothing downstream knows the data is synthetic.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,31 +12,12 @@ from PIL import Image
 
 from .scenes import class_styles, draw_scene
 
-# ADE20K ids (1-based in the label PNGs; 0 = 'other', ignored) used for synthetic scenes.
-ADE20K_STUFF = [3, 10, 7, 22]  # sky, grass, road, water
-ADE20K_THINGS = [13, 21, 5, 20, 16]  # person, car, tree, chair, table
 
-
-CONTENT_HASH_LIMIT = 256 * 2**20  # bytes; larger datasets are fingerprinted by name and size
-
-
-def fingerprint(root: str | Path) -> str:
-    """sha256 over every file's relative path and bytes, in sorted order; for datasets over
-    CONTENT_HASH_LIMIT (the real ones) over paths and sizes only, prefixed 'meta:'."""
-    root = Path(root)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    sizes = [p.stat().st_size for p in files]
-    by_content = sum(sizes) <= CONTENT_HASH_LIMIT
-    digest = hashlib.sha256()
-    for path, size in zip(files, sizes):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes() if by_content else str(size).encode())
-    return digest.hexdigest() if by_content else "meta:" + digest.hexdigest()
-
-
-def _write_segmentation(base: Path, seed: int, splits: dict[str, int], size: int,
-                        stuff: list[int], things: list[int], img_suffix: str,
-                        images: str, labels: str, prefix: dict[str, str]) -> Path:
+def write_segmentation(base: Path, seed: int, splits: dict[str, int], size: int,
+                       stuff: list[int], things: list[int], img_suffix: str,
+                       images: str, labels: str, prefix: dict[str, str]) -> Path:
+    """Scenes of ``stuff`` regions and ``things`` objects: ``images/{split}/PREFIX_n.SUFFIX``
+    beside uint8 label maps ``labels/{split}/PREFIX_n.png`` (the layout's patterns)."""
     styles = class_styles(151)
     rng = np.random.default_rng(seed)
     for split, count in splits.items():
@@ -53,34 +33,6 @@ def _write_segmentation(base: Path, seed: int, splits: dict[str, int], size: int
                 Image.fromarray(image).save(img_dir / f"{name}{img_suffix}")
             Image.fromarray(np.clip(label, 0, 255).astype(np.uint8)).save(ann_dir / f"{name}.png")
     return base
-
-
-def write_ade20k(root: str | Path, seed: int = 0, train: int = 64, val: int = 16,
-                 size: int = 64) -> Path:
-    """ADEChallengeData2016 layout: images/{training,validation}/ADE_*.jpg and
-    annotations/{training,validation}/ADE_*.png (uint8 class ids, 0 = other)."""
-    return _write_segmentation(Path(root) / "ADEChallengeData2016", seed,
-                               {"training": train, "validation": val}, size, ADE20K_STUFF,
-                               ADE20K_THINGS, ".jpg", "images/{split}", "annotations/{split}",
-                               {"training": "ADE_train", "validation": "ADE_val"})
-
-
-def write_potsdam(root: str | Path, seed: int = 0, train: int = 64, val: int = 16,
-                  size: int = 64) -> Path:
-    """mmseg's converted ISPRS Potsdam layout: potsdam/{img_dir,ann_dir}/{train,val}/*.png,
-    labels 1..6 (impervious surface, building, low vegetation, tree, car, clutter), 0 ignored."""
-    return _write_segmentation(Path(root) / "potsdam", seed, {"train": train, "val": val}, size,
-                               [1, 3, 6], [2, 4, 5], ".png", "img_dir/{split}", "ann_dir/{split}",
-                               {"train": "2_10_0", "val": "2_13_0"})
-
-
-def write_loveda(root: str | Path, seed: int = 0, train: int = 64, val: int = 16,
-                 size: int = 64) -> Path:
-    """mmseg's converted LoveDA layout: loveDA/{img_dir,ann_dir}/{train,val}/*.png, labels 1..7
-    (background, building, road, water, barren, forest, agricultural), 0 = no data."""
-    return _write_segmentation(Path(root) / "loveDA", seed, {"train": train, "val": val}, size,
-                               [1, 3, 6, 7], [2, 4, 5], ".png", "img_dir/{split}",
-                               "ann_dir/{split}", {"train": "train", "val": "val"})
 
 
 # Classification: object-centric images, the label is the object's class. Synthetic sets use
@@ -134,7 +86,12 @@ def write_svhn(root: str | Path, seed: int = 0, train: int = 512, val: int = 128
         images, labels = _object_images(seed * 2 + offset, count, 32)
         y = labels.reshape(-1, 1).astype(np.uint8)
         y[y == 0] = 10
-        savemat(base / f"{name}_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": y})
+        path = base / f"{name}_32x32.mat"
+        savemat(path, {"X": images.transpose(1, 2, 3, 0), "y": y})
+        # The MAT header's 116 text bytes carry the creation time: fix them (deterministic).
+        data = bytearray(path.read_bytes())
+        data[:116] = b"MATLAB 5.0 MAT-file, written by parax-bench".ljust(116)
+        path.write_bytes(bytes(data))
     return base
 
 
@@ -181,6 +138,10 @@ def write_source(root: str | Path, seed: int = 0, train: int = 4096, val: int = 
     """The pretraining source task: 100 classes with looks of their own (another style seed
     than every downstream set), in the CIFAR-100 format."""
     return write_cifar100(root, seed, train, val, size, num_classes=100, style_seed=7)
+
+
+CLASSIFICATION_WRITERS = {"cifar100": write_cifar100, "svhn": write_svhn, "food101": write_food101,
+                          "imagenet_r": write_imagenet_r}  # by layout format
 
 
 # COCO: the 80 detection categories keep their official, non-contiguous ids.

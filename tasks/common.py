@@ -1,0 +1,50 @@
+"""What every task's configuration shares: normalisation, the backbone entry, loaders, AdamW,
+and the COCO-style warm-up / step schedule."""
+from __future__ import annotations
+
+from typing import Any
+
+from catalog import Cell
+
+MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+def backbone_cfg(cell: Cell, drop_path: float = 0.0) -> dict[str, Any]:
+    return dict(type="ParaXBackbone", backbone=cell.backbone, method=cell.method,
+                task=cell.task, options=dict(cell.options), pretrained=cell.pretrained,
+                drop_path_rate=drop_path)
+
+
+def stage_dims(cell: Cell) -> list[int]:
+    from methods.backbones import stage_dims as dims
+
+    return list(dims(cell.backbone))
+
+
+def loader(batch: int, dataset: dict[str, Any], train: bool, paper: bool,
+           **extra: Any) -> dict[str, Any]:
+    """A dataloader: infinite shuffled sampling for a mini training run, epochs otherwise."""
+    return dict(batch_size=batch, num_workers=0, persistent_workers=False,
+                sampler=dict(type="InfiniteSampler" if train and not paper else "DefaultSampler",
+                             shuffle=train),
+                **extra, dataset=dataset)
+
+
+def adamw(lr: float, weight_decay: float, **optimizer: Any) -> dict[str, Any]:
+    return dict(type="AdamW", lr=lr, weight_decay=weight_decay, **optimizer)
+
+
+def warmup_multistep(cell: Cell, profile: dict[str, Any],
+                     milestones: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(train loop, LR schedule): the paper's epoch schedule (linear warm-up over
+    ``profile['warmup']`` iterations, steps at ``milestones``) or, for mini, a short
+    iteration schedule with the same warm-up. Validation runs once, after training."""
+    warmup = dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0,
+                  end=profile["warmup"])
+    if cell.profile == "paper":
+        epochs = profile["epochs"]
+        return (dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_begin=epochs + 1),
+                [warmup, dict(type="MultiStepLR", begin=0, end=epochs, by_epoch=True,
+                              milestones=milestones, gamma=0.1)])
+    iters = cell.iters if cell.iters is not None else profile["iters"]
+    return dict(type="IterBasedTrainLoop", max_iters=iters, val_begin=iters + 1), [warmup]
