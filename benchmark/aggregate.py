@@ -1,8 +1,11 @@
 """Aggregation of cell results: mean ± std over seeds in the paper's table layouts, the paper's
 figures beside ours, a cross-task mean rank, params-vs-score points, provenance.
 
-The output (``tables.json``) is what the leaderboard renders; every section is also written
-as CSV and markdown. Metrics are put on the paper's scale (COCO APs in percent).
+Generic builders: which tables exist and their titles come from benchmark/paper_tables.yaml,
+a task's metrics (key, column, scale, direction) and paper table from its spec (catalog), a
+miniature's reference backbone from its backbone spec. The output (``tables.json``) is what
+the leaderboard renders; every section is also written as CSV and markdown. Metrics are put
+on the paper's scale (COCO APs in percent).
 """
 from __future__ import annotations
 
@@ -14,48 +17,18 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from methods import get_backbone, get_method
-from catalog import get_task
+from catalog import Cell, Metric, get_backbone, get_task
+from methods import get_method
 
 from .io import write_json_atomic, write_text_atomic
 from .reported import reported_table
-
-# Per task kind: (our metric key, the paper's metric name, scale); the first is the primary.
-METRICS: dict[str, list[tuple[str, str, float]]] = {
-    "semantic_segmentation": [("mIoU", "mIoU", 1.0)],
-    "instance_segmentation": [
-        ("coco/bbox_mAP", "AP_box", 100.0), ("coco/bbox_mAP_50", "AP50_box", 100.0),
-        ("coco/bbox_mAP_75", "AP75_box", 100.0), ("coco/segm_mAP", "AP_mask", 100.0),
-        ("coco/segm_mAP_50", "AP50_mask", 100.0), ("coco/segm_mAP_75", "AP75_mask", 100.0)],
-    "panoptic_segmentation": [("coco_panoptic/PQ", "PQ", 1.0), ("coco_panoptic/SQ", "SQ", 1.0),
-                              ("coco_panoptic/RQ", "RQ", 1.0)],
-    "pose_estimation": [("coco/AP", "AP", 100.0), ("coco/AR", "AR", 100.0)],
-    "classification": [("top1", "top1", 1.0)],
-}
-# The paper's comparison tables by task; tables whose tasks differ get one column group per task.
-PAPER_TABLES: dict[str, tuple[str, list[str]]] = {
-    "1": ("ADE20K semantic segmentation (UperNet)", ["ade20k"]),
-    "2": ("COCO detection and instance segmentation (Mask R-CNN 1x)", ["coco_instance"]),
-    "3": ("COCO panoptic segmentation (Panoptic FPN 1x)", ["coco_panoptic"]),
-    "4": ("Image classification", ["cifar100", "svhn", "food101", "imagenet_r"]),
-    "9": ("COCO keypoints (top-down heatmap)", ["coco_pose"]),
-    "10": ("Remote sensing segmentation (UperNet)", ["potsdam", "loveda"]),
-}
-# Micro backbones have no paper numbers; their rows show the paper's figures of the full-size
-# backbone of the same family, for reference only.
-REFERENCE_BACKBONE = {"swin-micro": "swin-b", "convnext-micro": "convnext-b", "vit-micro": "vit-b"}
-ABLATION_TITLES = {
-    "5": "Experts per center and bottleneck width", "6": "Blocks sharing one center",
-    "11": "Kernel sets and scale aggregation", "12": "Center initialisation",
-    "13": "Top-k sparse routing", "14a": "Conv layout", "14b": "Gate activation",
-    "14c": "Router width",
-}
+from .tables import ablation_tables, comparison_tables
 
 
 @dataclass(frozen=True)
 class Run:
     """One loaded result file with its place in the grid."""
-    cell: Any  # pipelines.grid.GridCell
+    cell: Cell
     path: Path
     result: dict[str, Any]
 
@@ -69,7 +42,10 @@ def method_label(method: str) -> str:
 
 
 def _paper_backbone(backbone: str) -> str | None:
-    return get_backbone(REFERENCE_BACKBONE.get(backbone, backbone)).paper_name
+    """The paper's name of the backbone, or, for a miniature (no paper numbers), of the
+    full-size backbone it stands for: its rows show those figures, for reference only."""
+    spec = get_backbone(backbone)
+    return get_backbone(spec.reference).paper_name if spec.reference else spec.paper_name
 
 
 def _cell(values: list[float], ids: list[str], digits: int = 1) -> dict[str, Any]:
@@ -90,10 +66,11 @@ def _number(value: float | None, digits: int = 1) -> dict[str, Any]:
 
 
 class Aggregator:
-    def __init__(self, params: dict[str, Any], runs: list[Run],
+    def __init__(self, params: dict[str, Any], runs: list[Run], methods: list[str],
                  efficiency: dict[str, Any] | None = None):
         self.params = params
         self.runs = runs
+        self.methods = methods  # the grid's, in its order
         self.efficiency_result = efficiency  # `parax-bench efficiency` output, if measured
         self.reported = reported_table()
 
@@ -102,9 +79,9 @@ class Aggregator:
         return [r for r in self.runs if (r.cell.task, r.cell.backbone, r.cell.method,
                                          r.cell.variant) == (task, backbone, method, variant)]
 
-    def _scores(self, runs: list[Run], key: str, scale: float) -> tuple[list[float], list[str]]:
-        ok = [r for r in runs if r.applicable and key in r.result["metrics"]]
-        return [r.result["metrics"][key] * scale for r in ok], [r.cell.id for r in ok]
+    def _scores(self, runs: list[Run], metric: Metric) -> tuple[list[float], list[str]]:
+        ok = [r for r in runs if r.applicable and metric.key in r.result["metrics"]]
+        return [r.result["metrics"][metric.key] * metric.scale for r in ok], [r.cell.id for r in ok]
 
     def _params_m(self, runs: list[Run]) -> dict[str, Any]:
         counts = {r.result["trainable_backbone_params"] for r in runs if r.applicable}
@@ -136,7 +113,7 @@ class Aggregator:
         pairs = [(t, b) for t, b in self.groups() if t in tasks]
         if not pairs:
             return None
-        methods = self.params["grid"]["methods"]
+        methods = self.methods
         multi_task = len({t for t, _ in pairs}) > 1
         columns = [{"key": "method", "label": "Method", "numeric": False}]
         rows = [{"method": {"text": method_label(m), "value": method_label(m)}} for m in methods]
@@ -151,7 +128,8 @@ class Aggregator:
                             "group": group})
             columns.append({"key": f"{key0}:params_m:reported", "label": f"Params (paper{ref})",
                             "numeric": True, "group": group, "reported": True})
-            for key, name, scale in METRICS[spec.kind]:
+            for metric in spec.metrics:
+                name = metric.label
                 columns.append({"key": f"{key0}:{name}", "label": name, "numeric": True,
                                 "group": group})
                 columns.append({"key": f"{key0}:{name}:reported", "label": f"{name} (paper{ref})",
@@ -161,8 +139,9 @@ class Aggregator:
                 paper_method = get_method(method).paper_name
                 row[f"{key0}:params_m"] = self._params_m(runs)
                 reported_params = None
-                for key, name, scale in METRICS[spec.kind]:
-                    row[f"{key0}:{name}"] = _cell(*self._scores(runs, key, scale))
+                for metric in spec.metrics:
+                    name = metric.label
+                    row[f"{key0}:{name}"] = _cell(*self._scores(runs, metric))
                     value, p = self._reported(table, task, backbone, paper_method, name)
                     row[f"{key0}:{name}:reported"] = _number(value)
                     reported_params = reported_params if p is None else p
@@ -176,17 +155,18 @@ class Aggregator:
         if not variants:
             return None
         task, backbone = spec["task"], spec["backbone"]
-        kind = get_task(task).kind
+        metrics = get_task(task).metrics
         # The paper's ablations are all Swin-B Mask R-CNN: its metric columns are AP_box / AP_mask.
         paper_metrics = sorted(set(self.reported[self.reported.table == table].metric))
         columns = [{"key": "variant", "label": "Variant", "numeric": False},
                    {"key": "params_m", "label": "Params (M)", "numeric": True}]
-        columns += [{"key": name, "label": name, "numeric": True} for _, name, _ in METRICS[kind]]
+        columns += [{"key": m.label, "label": m.label, "numeric": True} for m in metrics]
         columns += [{"key": "params_m:reported", "label": "Params (paper)", "numeric": True,
                      "reported": True}]
         columns += [{"key": f"{m}:reported", "label": f"{m} (paper)", "numeric": True,
                      "reported": True} for m in paper_metrics]
-        default = self.params["ablation_defaults"].get(table)
+        layout = ablation_tables()[table]
+        default = layout["default"]
         entries = [(f"default{'' if default is None else ' (' + default + ')'}", None, default)]
         entries += [(self.params["ablations"][v]["paper"], v, self.params["ablations"][v]["paper"])
                     for v in variants]
@@ -194,8 +174,8 @@ class Aggregator:
         for label, variant, paper_label in entries:
             runs = self._runs(task, backbone, "parax", variant)
             row = {"variant": {"text": label, "value": label}, "params_m": self._params_m(runs)}
-            for key, name, scale in METRICS[kind]:
-                row[name] = _cell(*self._scores(runs, key, scale))
+            for metric in metrics:
+                row[metric.label] = _cell(*self._scores(runs, metric))
             reported = self.reported[(self.reported.table == table)
                                      & (self.reported.method == f"AdaRoute[{paper_label}]")]
             row["params_m:reported"] = _number(reported.params_m.iloc[0] if len(reported) else None)
@@ -203,23 +183,24 @@ class Aggregator:
                 value = reported[reported.metric == m].value
                 row[f"{m}:reported"] = _number(value.iloc[0] if len(value) else None)
             rows.append(row)
-        return {"id": f"table{table}", "title": f"Table {table}: {ABLATION_TITLES[table]} "
+        return {"id": f"table{table}", "title": f"Table {table}: {layout['title']} "
                                                 f"(ParaX on {task}, {backbone})",
                 "kind": "ablation", "columns": columns, "rows": rows}
 
     def rank(self) -> dict[str, Any] | None:
         """Mean rank of each method by its task's primary metric over the (task, backbone)
-        groups it ran in (1 = best; ties share the mean rank)."""
-        methods = self.params["grid"]["methods"]
+        groups it ran in (1 = best, by the metric's direction; ties share the mean rank)."""
+        methods = self.methods
         per_group = {}
         for task, backbone in self.groups():
-            key, _, scale = METRICS[get_task(task).kind][0]
+            metric = get_task(task).primary
             means = {}
             for m in methods:
-                scores, _ = self._scores(self._runs(task, backbone, m), key, scale)
+                scores, _ = self._scores(self._runs(task, backbone, m), metric)
                 if scores:
                     means[m] = sum(scores) / len(scores)
-            per_group[f"{task}:{backbone}"] = pd.Series(means).rank(ascending=False, method="average")
+            per_group[f"{task}:{backbone}"] = pd.Series(means).rank(
+                ascending=not metric.higher_is_better, method="average")
         if not per_group:
             return None
         ranks = pd.DataFrame(per_group).reindex(methods)
@@ -243,11 +224,11 @@ class Aggregator:
     def pareto(self) -> list[dict[str, Any]]:
         out = []
         for task, backbone in self.groups():
-            key, name, scale = METRICS[get_task(task).kind][0]
+            metric = get_task(task).primary
             points = []
-            for m in self.params["grid"]["methods"]:
+            for m in self.methods:
                 runs = self._runs(task, backbone, m)
-                scores, _ = self._scores(runs, key, scale)
+                scores, _ = self._scores(runs, metric)
                 if not scores:
                     continue
                 s = pd.Series(scores, dtype=float)
@@ -257,7 +238,7 @@ class Aggregator:
                                "std": round(float(s.std(ddof=1)), 4) if len(s) > 1 else 0.0,
                                "n": len(s)})
             out.append({"id": f"pareto-{task}-{backbone}", "task": task, "backbone": backbone,
-                        "metric": name, "points": points})
+                        "metric": metric.label, "points": points})
         return out
 
     def provenance(self) -> list[dict[str, Any]]:
@@ -276,9 +257,10 @@ class Aggregator:
 
     def tables(self) -> dict[str, Any]:
         profile = self.params["grid"]["profile"]
-        sections = [self.comparison(t, title, tasks) for t, (title, tasks) in PAPER_TABLES.items()]
+        sections = [self.comparison(t, title, tasks)
+                    for t, (title, tasks) in comparison_tables().items()]
         sections.append(self.rank())
-        sections += [self.ablation(t) for t in ABLATION_TITLES]
+        sections += [self.ablation(t) for t in ablation_tables()]
         if self.efficiency_result is not None:
             sections.append(efficiency_section(self.efficiency_result))
         synthetic = profile == "mini"

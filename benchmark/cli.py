@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .budget import parse_budget
     from .params import sized_options
-    from .runner import run_cell
+    from .runner import train
 
     out = Path(args.out)
     budget = parse_budget(args.budget) if args.budget else None
@@ -151,25 +151,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     cell = Cell(task=args.task, backbone=args.backbone, method=args.method, data_root=args.data,
                 seed=args.seed, profile=args.profile, options=options,
                 pretrained=args.pretrained, iters=args.iters, budget=args.budget)
-    result = run_cell(cell, out, args.work_dir or str(out.with_suffix("")) + ".work",
-                      launcher=args.launcher)
-    metrics = " ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
-    print(f"{cell.task} {cell.backbone} {cell.method} seed {cell.seed}: {metrics} "
-          f"({result['wall_time_s']:.0f}s) -> {out}")
-    return 0
+    return train(cell, out, args.work_dir or str(out.with_suffix("")) + ".work", args.launcher)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from catalog import Cell
+    from .runner import pretrain
 
-    from .runner import run_cell
-
-    out = Path(args.out)
-    cell = Cell(task="cifar100", backbone=args.backbone, method="full", data_root=args.data,
-                seed=args.seed, iters=args.iters)
-    result = run_cell(cell, out.with_suffix(".json"),
-                      args.work_dir or str(out.with_suffix("")) + ".work", export_backbone=out)
-    print(f"pretrained {args.backbone}: source top1={result['metrics']['top1']:.2f} -> {out}")
+    result = pretrain(args.backbone, args.data, args.out, args.iters, args.seed, args.work_dir)
+    print(f"pretrained {args.backbone}: source top1={result['metrics']['top1']:.2f} -> {args.out}")
     return 0
 
 

@@ -43,14 +43,11 @@ from catalog import get_task
 from .budget import parse_budget
 from .params import sized_options
 from .reported import reported_table
+from .tables import efficiency_table
 from .timing import device_name, summarise, time_ms
 
 FULL, FROZEN = "full", "linear"  # the two references every ratio is taken to
 AMP = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Table 15 of the paper: Swin-L Mask R-CNN on COCO, 1280x800, batch 4, one L40S.
-TABLE15 = {"table": "15", "dataset": "COCO2017 1280x800 bs4 L40S", "backbone": "Swin-L"}
-# Table 15 rows that are a registered method with options: (method, options, paper row).
-PAPER_VARIANTS = [("parax", {"convs": False}, "AdaRoute-noconv")]
 
 
 @dataclass(frozen=True)
@@ -121,8 +118,10 @@ class Entry:
 
     @property
     def paper_name(self) -> str | None:
-        for method, options, paper in PAPER_VARIANTS:
-            if (method, options) == (self.method, self.options):
+        """The paper's Table 15 row (a variant row of benchmark/paper_tables.yaml, or the
+        method's own row)."""
+        for text, paper in efficiency_table()["variants"].items():
+            if parse_entry(text) == self:
                 return paper
         return None if self.options else get_method(self.method).paper_name
 
@@ -162,7 +161,7 @@ def default_entries() -> list[str]:
     """Every registered method, plus Table 15's extra rows (ParaX without convs)."""
     from methods import available_methods
 
-    return list(available_methods()) + [Entry(m, o).name for m, o, _ in PAPER_VARIANTS]
+    return list(available_methods()) + [parse_entry(v).name for v in efficiency_table()["variants"]]
 
 
 def entry_options(setting: Setting, entry: Entry,
@@ -322,7 +321,8 @@ def reported(entry: Entry) -> dict[str, Any] | None:
     if entry.paper_name is None:
         return None
     df = reported_table()
-    df = df[(df.table == TABLE15["table"]) & (df.backbone == TABLE15["backbone"])]
+    table = efficiency_table()
+    df = df[(df.table == table["table"]) & (df.backbone == table["backbone"])]
 
     def value(method: str, metric: str) -> float | None:
         rows = df[(df.method == method) & (df.metric == metric)]
@@ -379,7 +379,7 @@ def run(setting: Setting, entries: Iterable[str], overrides: dict[str, dict] | N
             "device": device_name(device), "device_type": device.type,
             "torch": torch.__version__, "isolated": isolate,
             "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-            "reported_source": "Table 15: Swin-L Mask R-CNN, COCO 1280x800, batch 4, one L40S",
+            "reported_source": efficiency_table()["source"],
             "rows": rows, "skipped": skipped}
 
 

@@ -18,6 +18,7 @@ import jinja2
 from .io import write_text_atomic
 
 TEMPLATES = Path(__file__).with_name("templates")
+DATA_FILES = (TEMPLATES,)
 DEFAULT_OUT = Path("results/leaderboard/index.html")
 MISSING = "–"
 

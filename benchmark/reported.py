@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 REPORTED_CSV = Path(__file__).resolve().parent.parent / "results" / "reported" / "paper_results.csv"
+DATA_FILES = (REPORTED_CSV,)  # what this module reads (pipelines/stages.py makes it a dep)
 COLUMNS = ["table", "task", "dataset", "backbone", "method", "params_m", "metric", "value"]
 
 

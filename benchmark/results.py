@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_PATH = Path(__file__).with_name("result.schema.json")
+DATA_FILES = (SCHEMA_PATH,)
 
 
 class ResultFileError(ValueError):

@@ -1,10 +1,13 @@
 """Run one cell end to end through mmengine's Runner and write its result file."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -70,7 +73,7 @@ def _register_exact_resume() -> None:
 
 # What the pipeline writes: changes there do not make the code that computes a cell dirty
 # (`dvc repro` rewrites dvc.lock and results while it runs).
-PIPELINE_OUTPUTS = ("dvc.lock", "pretrained", "results/runs", "results/tables",
+PIPELINE_OUTPUTS = ("dvc.yaml", "dvc.lock", "pretrained", "results/runs", "results/tables",
                     "results/leaderboard", "results/data", "results/params")
 
 
@@ -236,3 +239,50 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
     if launcher == "pytorch":  # leave the group on every rank (NCCL warns at exit otherwise)
         torch.distributed.destroy_process_group()
     return result
+
+
+def pretrain(backbone: str, data_root: str | os.PathLike, out: str | os.PathLike,
+             iters: int = 600, seed: int = 0,
+             work_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Pretrain ``backbone`` (full fine-tuning, classification) on a source dataset in
+    CIFAR-100's format and save it at ``out`` in the release naming; the result JSON goes
+    beside it (the mini profile's stand-in for ImageNet-22K pretraining)."""
+    out = Path(out)
+    cell = Cell(task="cifar100", backbone=backbone, method="full", data_root=str(data_root),
+                seed=seed, iters=iters)
+    return run_cell(cell, out.with_suffix(".json"), work_dir or str(out.with_suffix("")) + ".work",
+                    export_backbone=out)
+
+
+def train(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
+          launcher: str = "none") -> int:
+    """:func:`run_cell` as a command: a one-line summary, or one error line and exit 2."""
+    try:
+        result = run_cell(cell, out, work_dir, launcher=launcher)
+    except (KeyError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"parax-bench: error: {message}", file=sys.stderr)
+        return 2
+    metrics = " ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
+    print(f"{cell.id}: {metrics} ({result['wall_time_s']:.0f}s) -> {out}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train one cell written as JSON (the torchrun and Slurm launchers' command)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmark.runner", description=main.__doc__)
+    parser.add_argument("cell", help="the cell, as JSON (catalog.Cell.to_dict)")
+    parser.add_argument("--out", required=True, help="result JSON path")
+    parser.add_argument("--work-dir", required=True, help="checkpoints and logs")
+    parser.add_argument("--launcher", choices=("none", "pytorch"), default="none",
+                        help="pytorch: one process of a torchrun job (DDP; rank 0 writes)")
+    args = parser.parse_args(argv)
+    try:
+        cell = Cell.from_dict(json.loads(Path(args.cell).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        parser.error(f"cannot read the cell {args.cell}: {exc}")
+    return train(cell, args.out, args.work_dir, args.launcher)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

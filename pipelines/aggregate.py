@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmark.aggregate import Aggregator, load_runs, write_tables
 from benchmark.efficiency import load as load_efficiency
-from pipelines.grid import expand, load_params
+from pipelines.grid import expand, grid_methods, load_params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[aggregate] not in the current grid, left out: {path}", flush=True)
     efficiency = None if args.efficiency == "none" else load_efficiency(
         args.efficiency or f"results/efficiency/{profile}.json")
-    tables = Aggregator(params, runs, efficiency).tables()
+    tables = Aggregator(params, runs, grid_methods(params), efficiency).tables()
     written = write_tables(tables, args.out or f"results/tables/{profile}")
     print(f"[aggregate] {len(runs)} cells -> {len(tables['sections'])} tables, "
           f"{len(written)} files in {written[-1].parent}", flush=True)

@@ -1,36 +1,24 @@
-"""The grid of params.yaml as cells: the same expansion dvc.yaml's matrix stages make.
+"""The grid of params.yaml as cells: the one description dvc.yaml is generated from.
 
 `grid` in params.yaml is the active profile (`grid: *mini` or `grid: *paper`). Its groups
 (``dense``, ``classification``, ``pose``, ``remote_sensing``) are products of tasks x
 backbones x methods x seeds, one per paper table family; ``ablation`` runs ParaX variants
-(named in the top-level ``ablations``) on one (task, backbone).
+(named in the top-level ``ablations``) on one (task, backbone). The methods are every
+registered method but those the profile excludes (``exclude``), in the order of the
+top-level ``methods`` overrides, then by name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from catalog import Cell
+
 GROUPS = ("dense", "classification", "pose", "remote_sensing")
 ABLATION_METHOD = "parax"
-
-
-@dataclass(frozen=True)
-class GridCell:
-    group: str
-    task: str
-    backbone: str
-    method: str
-    seed: int
-    variant: str | None = None
-
-    @property
-    def id(self) -> str:
-        """The result file's stem: task.backbone.method[~variant].sSEED."""
-        method = self.method if self.variant is None else f"{self.method}~{self.variant}"
-        return f"{self.task}.{self.backbone}.{method}.s{self.seed}"
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -44,30 +32,78 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return params
 
 
-def expand(params: dict[str, Any]) -> list[GridCell]:
-    """Every cell of the active grid, in dvc.yaml's order (cells a method cannot run, VPT on
-    ConvNeXt, are included: their stage records them as not applicable)."""
+def grid_methods(params: dict[str, Any]) -> list[str]:
+    """Every registered method the profile does not exclude (overrides' order, then names)."""
+    from methods import available_methods
+
+    registered = available_methods()
+    exclude = params["grid"].get("exclude") or []
+    for name in [*exclude, *(params["methods"] or {})]:
+        if name not in registered:
+            raise ValueError(f"params.yaml names method '{name}', which is not registered; "
+                             f"registered: {', '.join(registered)}")
+    ordered = [*(params["methods"] or {}), *sorted(set(registered) - set(params["methods"] or {}))]
+    return [m for m in ordered if m not in exclude]
+
+
+def _cell(params: dict[str, Any], task: str, backbone: str, method: str, seed: int,
+          variant: str | None = None) -> Cell:
     grid = params["grid"]
+    return Cell(task=task, backbone=backbone, method=method, seed=seed, variant=variant,
+                profile=grid["profile"], options=dict(params["methods"].get(method) or {}),
+                budget=grid["budget"], data_root=str(Path(grid["data_root"]) / task),
+                pretrained=str(Path(grid["pretrained_root"]) / f"{backbone}.pth"),
+                iters=(grid["tasks"].get(task) or {}).get("iters"))
+
+
+def expand(params: dict[str, Any], methods: list[str] | None = None) -> list[Cell]:
+    """Every cell of the active grid, its method options as params.yaml sets them (the budget
+    sizes them when the cell runs: :func:`resolve`). Cells a method cannot run, VPT on
+    ConvNeXt, are included: their stage records them as not applicable. ``methods``: only
+    these methods' cells (no other method is imported)."""
+    grid = params["grid"]
+    exclude = grid.get("exclude") or []
+    if methods is None:
+        methods = grid_methods(params)
+    else:
+        from methods import get_method
+
+        methods = [get_method(m).name for m in methods if m not in exclude]
     cells = []
     for group in GROUPS:
         spec = grid[group]
         for task in spec["tasks"]:
             for backbone in spec["backbones"]:
-                for method in grid["methods"]:
+                for method in methods:
                     for seed in grid["seeds"]:
-                        cells.append(GridCell(group, task, backbone, method, seed))
+                        cells.append(_cell(params, task, backbone, method, seed))
     ablation = grid["ablation"]
-    for variant in ablation["variants"]:
+    for variant in ablation["variants"] if ABLATION_METHOD in methods else ():
         if variant not in params["ablations"]:
             raise ValueError(f"grid.ablation.variants names '{variant}', which is not in "
                              f"ablations: {', '.join(params['ablations'])}")
         for seed in grid["seeds"]:
-            cells.append(GridCell("ablation", ablation["task"], ablation["backbone"],
-                                  ABLATION_METHOD, seed, variant))
+            cells.append(_cell(params, ablation["task"], ablation["backbone"], ABLATION_METHOD,
+                               seed, variant))
     return cells
 
 
-def not_applicable(cell: GridCell) -> str | None:
+def resolve(params: dict[str, Any], cell: Cell) -> Cell:
+    """The cell as it runs: its width knob sized to the budget. An ablation sizes the default
+    ParaX the same way and then applies its variant (the paper's ablations change the count
+    on purpose), so its options are final and it carries no budget."""
+    from benchmark.budget import parse_budget
+    from benchmark.params import sized_options
+
+    budget = parse_budget(cell.budget) if cell.budget else None
+    options = sized_options(cell.backbone, cell.method, cell.task, dict(cell.options), budget)
+    if cell.variant is None:
+        return dataclasses.replace(cell, options=options)
+    options.update(params["ablations"][cell.variant]["set"])
+    return dataclasses.replace(cell, options=options, budget=None)
+
+
+def not_applicable(cell: Cell) -> str | None:
     """Why the cell's method cannot run on its backbone, or None."""
     from methods import get_backbone, get_method
     from methods.base import NotApplicableError
@@ -79,20 +115,14 @@ def not_applicable(cell: GridCell) -> str | None:
     return None
 
 
-def result_path(params: dict[str, Any], cell: GridCell) -> Path:
+def result_path(params: dict[str, Any], cell: Cell) -> Path:
     return Path("results/runs") / params["grid"]["profile"] / f"{cell.id}.json"
 
 
-def command(cell: GridCell) -> str:
-    """The cell stage's command line (as dvc.yaml runs it)."""
-    variant = "" if cell.variant is None else f" --variant {cell.variant}"
-    return (f"python -m pipelines.cell --task {cell.task} --backbone {cell.backbone} "
-            f"--method {cell.method} --seed {cell.seed}{variant}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Print the grid's cell commands, for running independent cells in parallel outside DVC
-    (then `dvc commit -f` records their results and `dvc repro` aggregates)."""
+    """Print the grid's cell ids, for running independent cells in parallel outside DVC
+    (`python -m pipelines.cell ID` each; then `dvc commit -f` records their results and
+    `dvc repro` aggregates)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -102,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     for cell in expand(params):
         if not (args.missing and result_path(params, cell).is_file()):
-            print(command(cell))
+            print(cell.id)
     return 0
 
 

@@ -1,6 +1,7 @@
 """`dvc repro` with the grid's cells run N at a time (DVC itself runs stages one by one).
 
-1. ``dvc repro`` of the stages the cells read (``data@``, ``pretrain@``);
+0. dvc.yaml is regenerated from params.yaml and the code (pipelines/stages.py);
+1. ``dvc repro`` of the stages the cells read (``data-``, ``pretrain-``);
 2. every cell stage that is out of date (all of them with ``--force``) runs its own command,
    ``--jobs`` at a time, each logging to ``work/PROFILE/logs/STAGE.log``;
 3. the finished cells are recorded in dvc.lock as ``dvc commit`` records them, exactly as if
@@ -28,15 +29,17 @@ from multiprocessing import forkserver
 from pathlib import Path
 from unittest import mock
 
+from pipelines import stages as generated
 from pipelines.grid import load_params
 
-UPSTREAM = ("data@", "pretrain@")
-CELLS = ("dense@", "classification@", "pose@", "remote_sensing@", "ablation@")
+UPSTREAM = ("data-", "pretrain-")
+CELLS = ("cell-",)
 CELL_COMMAND = ["python", "-m", "pipelines.cell"]
 # What every cell imports; the fork server imports it once (an import error shows in the cell).
 PRELOAD = ["torch", "timm", "mmengine.runner", "mmseg.models", "mmdet.models", "mmpose.models",
            "methods", "tasks.backbone", "tasks.classification", "tasks.detection", "tasks.panoptic",
-           "tasks.pose", "tasks.segmentation", "benchmark.cli", "benchmark.runner", "pipelines.cell"]
+           "tasks.pose", "tasks.segmentation", "benchmark.runner", "benchmark.launch",
+           "pipelines.cell"]
 
 
 def dvc(*args: str) -> None:
@@ -156,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     force = ["-f"] if args.force else []
+    if generated.main(["--params", args.params]) != 0:
+        return 1
     if args.jobs == 1:
         dvc("repro", *force)
         return 0
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         # A fresh clone has the synthetic datasets' stamps but not the data: write each once
         # here rather than from two cells at the same time.
         argvs = {n: cell_argv(n, commands[n]) for n in cells}
-        for task in dict.fromkeys(a[a.index("--task") + 1] for a in argvs.values()):
+        for task in dict.fromkeys(a[0].split(".")[0] for a in argvs.values()):
             ensure(params, task)
         print(f"[parallel] {len(cells)} cells, {args.jobs} at a time", flush=True)
         done = run_cells(argvs, args.jobs, Path("work") / params["grid"]["profile"] / "logs")

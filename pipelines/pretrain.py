@@ -1,4 +1,4 @@
-"""DVC stage `pretrain@BACKBONE` (mini profile): train a micro backbone on the synthetic source
+"""DVC stage `pretrain-BACKBONE` (mini profile): train a micro backbone on the synthetic source
 task and save it in the release naming, the stand-in for ImageNet-22K pretraining."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmark.cli import main as cli
+from benchmark.runner import pretrain
 from pipelines.data import ensure
 from pipelines.grid import load_params
 
@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     grid = params["grid"]
     ensure(params, "source")
     out = Path(grid["pretrained_root"]) / f"{args.backbone}.pth"
-    return cli(["pretrain", "--backbone", args.backbone,
-                "--data", str(Path(grid["data_root"]) / "source"), "--out", str(out),
-                "--iters", str(grid["tasks"]["source"]["iters"]),
-                "--work-dir", str(Path("work") / grid["profile"] / f"pretrain-{args.backbone}")])
+    result = pretrain(args.backbone, Path(grid["data_root"]) / "source", out,
+                      grid["tasks"]["source"]["iters"],
+                      work_dir=Path("work") / grid["profile"] / f"pretrain-{args.backbone}")
+    print(f"pretrained {args.backbone}: source top1={result['metrics']['top1']:.2f} -> {out}")
+    return 0
 
 
 if __name__ == "__main__":

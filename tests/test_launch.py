@@ -9,32 +9,35 @@ import sys
 import pytest
 
 from benchmark import launch as launch_module
-from benchmark.launch import LAUNCHERS, ROOT, command, launch, slurm_script
+from benchmark.launch import LAUNCHERS, ROOT, command, launch, runner_args, slurm_script
 from benchmark.runner import per_process_batch
+from catalog import Cell
 from tasks.synthetic import generate
 
-TRAIN = ["-m", "benchmark.cli", "train"]
+RUNNER = ["-m", "benchmark.runner"]
 SLURM = dict(partition="gpu", nodes=1, gpus_per_node=1, cpus_per_task=8, mem="64G",
              time="48:00:00", account=None, extra_args=["--qos=high"],
              setup=["module load cuda/13.0", "export FOO=1"])
 
 
-def cell_args(data, out, task="cifar100", seed=0, iters=0):
-    return ["--task", task, "--backbone", "vit-micro", "--method", "parax", "--data", str(data),
-            "--out", str(out), "--seed", str(seed), "--iters", str(iters)]
+def a_cell(data, task="cifar100", seed=0, iters=0):
+    return Cell(task=task, backbone="vit-micro", method="parax", data_root=str(data), seed=seed,
+                iters=iters)
 
 
 def slurm(**changes):
     return {"kind": "slurm", "slurm": {**SLURM, **changes}}
 
 
-def test_local_and_torchrun_command_lines():
+def test_torchrun_command_line():
     assert LAUNCHERS == ("local", "torchrun", "slurm")
-    args = ["--task", "cifar100", "--out", "results/runs/mini/x.json"]
-    assert command(args, {"kind": "local", "nproc_per_node": 2}) == [sys.executable, *TRAIN, *args]
+    args = runner_args("jobs/x.cell.json", "results/runs/mini/x.json", "work/x")
+    assert args == ["jobs/x.cell.json", "--out", "results/runs/mini/x.json", "--work-dir", "work/x"]
     assert command(args, {"kind": "torchrun", "nproc_per_node": 2}) == [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        *TRAIN, *args, "--launcher", "pytorch"]
+        *RUNNER, *args, "--launcher", "pytorch"]
+    with pytest.raises(ValueError, match="a local cell runs in this process"):
+        command(args, {"kind": "local"})
 
 
 @pytest.mark.parametrize("launcher,named", [
@@ -51,12 +54,12 @@ def test_local_and_torchrun_command_lines():
 ])
 def test_bad_launcher_settings_name_the_key(launcher, named):
     with pytest.raises(ValueError, match=named):
-        command(["--task", "cifar100"], launcher)
+        command(["cell.json"], launcher)
 
 
 def test_slurm_script(tmp_path):
-    args = ["--task", "cifar100", "--out", "results/runs/mini/cifar-parax-s0.json"]
-    lines = slurm_script(args, slurm(), tmp_path).splitlines()
+    args = runner_args("jobs/cifar.cell.json", "results/runs/mini/cifar.json", "work/cifar")
+    lines = slurm_script("cifar-parax-s0", args, slurm(), tmp_path).splitlines()
     sbatch = [line for line in lines if line.startswith("#SBATCH")]
     log = tmp_path.resolve() / "cifar-parax-s0"
     assert sbatch == ["#SBATCH --job-name=cifar-parax-s0", "#SBATCH --partition=gpu",
@@ -64,16 +67,16 @@ def test_slurm_script(tmp_path):
                       "#SBATCH --mem=64G", "#SBATCH --time=48:00:00", f"#SBATCH --output={log}.out",
                       f"#SBATCH --error={log}.err", "#SBATCH --qos=high"]
     assert lines[-4:] == ["module load cuda/13.0", "export FOO=1", f"cd {shlex.quote(str(ROOT))}",
-                          shlex.join([sys.executable, *TRAIN, *args])]
+                          shlex.join([sys.executable, *RUNNER, *args])]
 
-    multi = slurm_script(args, slurm(gpus_per_node=4, account="proj42"), tmp_path).splitlines()
+    multi = slurm_script("x", args, slurm(gpus_per_node=4, account="proj42"), tmp_path).splitlines()
     assert "#SBATCH --gres=gpu:4" in multi and "#SBATCH --account=proj42" in multi
     assert multi[-1] == shlex.join([sys.executable, "-m", "torch.distributed.run",
-                                    "--standalone", "--nproc_per_node", "4", *TRAIN, *args,
+                                    "--standalone", "--nproc_per_node", "4", *RUNNER, *args,
                                     "--launcher", "pytorch"])
-    cpu_only = slurm_script(args, slurm(gpus_per_node=0), tmp_path)
+    cpu_only = slurm_script("x", args, slurm(gpus_per_node=0), tmp_path)
     assert "--gres" not in cpu_only
-    assert cpu_only.endswith(shlex.join([sys.executable, *TRAIN, *args]) + "\n")
+    assert cpu_only.endswith(shlex.join([sys.executable, *RUNNER, *args]) + "\n")
 
 
 @pytest.fixture
@@ -93,26 +96,31 @@ def test_slurm_launch_waits_for_the_job_and_returns_its_status(tmp_path, fake_sb
     data = generate("cifar100", tmp_path / "data", seed=0, train=16, val=8)
     launcher = slurm(setup=[])
     out = tmp_path / "runs" / "ok.json"
-    assert launch(cell_args(data, out), launcher, tmp_path / "jobs") == 0
-    script = tmp_path / "jobs" / "ok.sbatch"
+    cell = a_cell(data)
+    assert launch(cell, launcher, out, tmp_path / "work", tmp_path / "jobs") == 0
+    script = tmp_path / "jobs" / f"{cell.id}.sbatch"
     assert fake_sbatch.read_text().splitlines() == ["--wait", "--parsable", str(script)]
     assert json.loads(out.read_text())["world_size"] == 1
+    written = json.loads((tmp_path / "jobs" / f"{cell.id}.cell.json").read_text())
+    assert Cell.from_dict(written) == cell  # the cell travels as JSON, once
 
     bad = tmp_path / "runs" / "bad.json"
-    assert launch(cell_args(data, bad, task="no-such-task"), launcher, tmp_path / "jobs") == 2
-    assert fake_sbatch.read_text().splitlines()[-1] == str(tmp_path / "jobs" / "bad.sbatch")
+    cell = a_cell(data, task="no-such-task")
+    assert launch(cell, launcher, bad, tmp_path / "work", tmp_path / "jobs") == 2
+    assert fake_sbatch.read_text().splitlines()[-1] == str(tmp_path / "jobs" / f"{cell.id}.sbatch")
     assert not bad.exists()
 
 
 def test_missing_sbatch_or_torchrun_is_a_clear_error(tmp_path, monkeypatch):
+    cell = a_cell(tmp_path)
     monkeypatch.setenv("PARAX_BENCH_SBATCH", str(tmp_path / "no-sbatch"))
     with pytest.raises(FileNotFoundError, match="sbatch not found"):
-        launch(["--out", "x.json"], slurm(), tmp_path)
+        launch(cell, slurm(), "x.json", tmp_path, tmp_path)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(launch_module.importlib.util, "find_spec", lambda name, *a: (
         None if name == "torch.distributed.run" else find_spec(name, *a)))
     with pytest.raises(FileNotFoundError, match="torchrun not found"):
-        launch(["--out", "x.json"], {"kind": "torchrun", "nproc_per_node": 2}, tmp_path)
+        launch(cell, {"kind": "torchrun", "nproc_per_node": 2}, "x.json", tmp_path, tmp_path)
 
 
 def test_per_process_batch_divides_the_global_batch():
@@ -140,8 +148,8 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
     results = {}
     for kind in ("local", "torchrun"):
         out = tmp_path / f"{kind}.json"
-        assert launch(cell_args(data, out, iters=20), {"kind": kind, "nproc_per_node": 2},
-                      tmp_path) == 0
+        assert launch(a_cell(data, iters=20), {"kind": kind, "nproc_per_node": 2}, out,
+                      tmp_path / f"{kind}.work", tmp_path / "jobs") == 0
         results[kind] = json.loads(out.read_text())
     one, two = results["local"], results["torchrun"]
     assert (one["world_size"], two["world_size"]) == (1, 2)
@@ -155,7 +163,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
 def test_ddp_batch_that_does_not_divide_fails_clearly(tmp_path, capfd):
     data = generate("cifar100", tmp_path / "data", seed=0, train=16, val=8)
     out = tmp_path / "odd.json"
-    assert launch(cell_args(data, out, iters=2), {"kind": "torchrun", "nproc_per_node": 3},
-                  tmp_path) != 0
+    assert launch(a_cell(data, iters=2), {"kind": "torchrun", "nproc_per_node": 3}, out,
+                  tmp_path / "work", tmp_path / "jobs") != 0
     assert "training batch of 32 does not divide evenly over 3 processes" in capfd.readouterr().err
     assert not out.exists()

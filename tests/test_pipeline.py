@@ -16,8 +16,8 @@ import yaml
 from benchmark.aggregate import method_label
 from benchmark.reported import reported_table
 from benchmark.results import ResultFileError, load_result
-from pipelines import aggregate, cell, parallel
-from pipelines.grid import command, expand, load_params
+from pipelines import aggregate, cell, parallel, stages
+from pipelines.grid import expand, load_params
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -32,12 +32,13 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     return proc
 
 
-def copy_repo(dst: Path) -> Path:
-    """The project's source files (as git sees them), without results the pipeline writes."""
+def copy_repo(dst: Path, with_results: bool = False) -> Path:
+    """The project's source files (as git sees them), without results the pipeline writes
+    (with them: as a clone is)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
-    skip = ("results/runs/", "results/tables/", "results/leaderboard/", "results/data/",
-            "pretrained/", "dvc.lock")
+    skip = () if with_results else ("results/runs/", "results/tables/", "results/leaderboard/",
+                                     "results/data/", "pretrained/", "dvc.lock")
     for name in files:
         if not name.startswith(skip) and (REPO / name).is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
@@ -56,22 +57,43 @@ def with_grid(params_text: str, profile: str) -> str:
     return params_text.replace("grid: *mini", f"grid: *{profile}")
 
 
+def test_committed_dvc_yaml_is_the_generated_one():
+    """dvc.yaml is written from params.yaml and the code's imports; the committed file is
+    current (`python -m pipelines.stages` rewrites it; scripts/dvc does so before dvc runs)."""
+    assert stages.main(["--params", str(REPO / "params.yaml"), "--out", str(REPO / "dvc.yaml"),
+                        "--check"]) == 0
+
+
 @pytest.mark.parametrize("profile", ["mini", "paper"])
 def test_dvc_stages_are_the_grid(tmp_path, profile):
-    """dvc.yaml's matrix stages and pipelines/grid.py expand params.yaml to the same cells."""
-    shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    """DVC reads the generated dvc.yaml as one stage per grid cell, running that cell."""
     (tmp_path / "params.yaml").write_text(with_grid((REPO / "params.yaml").read_text(), profile))
+    params = load_params(tmp_path / "params.yaml")
+    (tmp_path / "dvc.yaml").write_text(stages.render(params))
     dvc(tmp_path, "init", "--no-scm", "-q")
     from dvc.repo import Repo
 
     with Repo(str(tmp_path)) as repo:
-        commands = {Path(out.def_path).name: " ".join(stage.cmd.split())
+        commands = {Path(out.def_path).name: (stage.name, stage.cmd)
                     for stage in repo.index.stages for out in stage.outs
                     if out.def_path.startswith("results/runs/")}
-    cells = expand(load_params(tmp_path / "params.yaml"))
-    assert commands == {f"{c.id}.json": command(c) for c in cells}
+    cells = expand(params)
+    assert commands == {f"{c.id}.json": (f"cell-{c.id}", f"python -m pipelines.cell {c.id}")
+                        for c in cells}
     if profile == "paper":  # Tables 1-3: 3 tasks x 4 backbones, 4: 4 datasets, 9: 1, 10: 2
         assert len(cells) == (12 + 4 + 1 + 2) * 8 * 3 + 24 * 3
+
+
+def test_a_cell_depends_on_its_own_method_only():
+    params = load_params(REPO / "params.yaml")
+    generated = stages.stages(params)
+    parax, lora = (generated[f"cell-ade20k.swin-micro.{m}.s0"]["deps"] for m in ("parax", "lora"))
+    assert "methods/parax.py" in parax and "methods/lora.py" not in parax
+    assert "methods/lora.py" in lora and "methods/parax.py" not in lora
+    assert "methods/full.py" in lora  # a budget of 14% is 14% of full fine-tuning's count
+    assert "methods/base.py" in lora and "tasks/segmentation.py" in lora
+    assert "tasks/detection.py" not in lora  # another task kind
+    assert "results/reported/paper_results.csv" in lora  # read by the budget code (DATA_FILES)
 
 
 def test_not_applicable_cell_writes_a_record(tmp_path, monkeypatch):
@@ -79,41 +101,39 @@ def test_not_applicable_cell_writes_a_record(tmp_path, monkeypatch):
     params["grid"]["classification"]["backbones"] = ["convnext-micro"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    assert cell.main(["--task", "cifar100", "--backbone", "convnext-micro", "--method", "vpt",
-                      "--seed", "0"]) == 0
+    assert cell.main(["cifar100.convnext-micro.vpt.s0"]) == 0
     result = load_result(tmp_path / "results/runs/mini/cifar100.convnext-micro.vpt.s0.json")
     assert "ConvNeXt" in result["not_applicable"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--task", "imagenet", "--method", "parax"], "unknown task 'imagenet' in "),
-    (["--task", "cifar100", "--method", "prompt"], "unknown method 'prompt' in "),
+@pytest.mark.parametrize("cell_id, message", [
+    ("imagenet.swin-micro.parax.s0", "no cell 'imagenet.swin-micro.parax.s0' in the grid"),
+    ("cifar100.swin-micro.prompt.s0", "unknown method 'prompt'"),
+    ("cifar100.parax", "no cell 'cifar100.parax' in the grid"),
 ])
-def test_cell_refuses_unknown_task_or_method(argv, message, capsys):
+def test_cell_refuses_a_cell_outside_the_grid(cell_id, message, capsys):
     with pytest.raises(SystemExit) as info:
-        cell.main([*argv, "--backbone", "swin-micro", "--seed", "0",
-                   "--params", str(REPO / "params.yaml")])
+        cell.main([cell_id, "--params", str(REPO / "params.yaml")])
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_parallel_runs_only_cell_commands():
-    with pytest.raises(ValueError, match="stage x@1: expected a command 'python -m pipelines.cell"):
-        parallel.cell_argv("x@1", "python -m pipelines.data --dataset cifar100")
-    assert parallel.cell_argv("x@1", "python -m pipelines.cell --task a  --seed 0") == [
-        "--task", "a", "--seed", "0"]
+    with pytest.raises(ValueError, match="stage x: expected a command 'python -m pipelines.cell"):
+        parallel.cell_argv("x", "python -m pipelines.data --dataset cifar100")
+    assert parallel.cell_argv("cell-a", "python -m pipelines.cell a.b.c.s0  --params p") == [
+        "a.b.c.s0", "--params", "p"]
 
 
 def test_parallel_reports_a_failing_cell(tmp_path, capsys, monkeypatch):
     """A cell that fails leaves its log, names it, and is not among the finished cells; the
     cells' thread setting does not leak into later stages."""
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    bad = (f"python -m pipelines.cell --task nosuch --backbone swin-micro --method parax "
-           f"--seed 0 --params {REPO / 'params.yaml'}")
-    assert parallel.run_cells({"bad@0": parallel.cell_argv("bad@0", bad)}, 2, tmp_path) == []
+    bad = f"python -m pipelines.cell nosuch.swin-micro.parax.s0 --params {REPO / 'params.yaml'}"
+    assert parallel.run_cells({"cell-bad": parallel.cell_argv("cell-bad", bad)}, 2, tmp_path) == []
     out, err = capsys.readouterr()
-    assert f"1/1 bad@0: FAILED (exit 2, log {tmp_path / 'bad@0'}.log)" in out
-    assert "unknown task 'nosuch'" in (tmp_path / "bad@0.log").read_text()
-    assert "unknown task 'nosuch'" in err
+    assert f"1/1 cell-bad: FAILED (exit 2, log {tmp_path / 'cell-bad'}.log)" in out
+    assert "no cell 'nosuch.swin-micro.parax.s0'" in (tmp_path / "cell-bad.log").read_text()
+    assert "no cell 'nosuch.swin-micro.parax.s0'" in err
     assert "OMP_WAIT_POLICY" not in os.environ
 
 
@@ -173,7 +193,7 @@ class Tables(HTMLParser):
 
 
 REDUCED = {
-    "methods": ["linear", "parax"],
+    "exclude": ["full", "lora", "adaptformer", "mona", "lorand", "repadapter", "vpt"],
     "datasets": ["source", "ade20k", "cifar100"],
     "tasks": {"source": {"train": 512, "val": 64, "iters": 40},
               "ade20k": {"train": 8, "val": 4, "iters": 4},
@@ -262,11 +282,89 @@ def test_reduced_grid_through_dvc_repro(tmp_path):
     params_text = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(params_text.replace("  parax: {}", "  parax: {gate: softmax}"))
     status = json.loads(dvc(root, "status", "--json").stdout)
-    changed = {name for name in status if "@" in name}
-    assert changed == {"dense@ade20k-swin-micro-parax-0", "classification@cifar100-swin-micro-parax-0",
-                       "ablation@t14b-relu-0"}
+    changed = {name for name in status if name.startswith("cell-")}
+    assert changed == {"cell-ade20k.swin-micro.parax.s0", "cell-cifar100.swin-micro.parax.s0",
+                       "cell-cifar100.swin-micro.parax~t14b-relu.s0"}
     # As on a fresh clone (stamps committed, synthetic data absent): the cells rewrite it.
     shutil.rmtree(root / "data")
     rerun = dvc(root, "repro")
     # 3 cells, the efficiency table (it reads every method's options), tables, page
     assert rerun.stdout.count("Running stage '") == 6, rerun.stdout
+
+    # A cell's deps hold every project module it imports (run again with -X importtime; it
+    # resumes from its finished checkpoint).
+    generated = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    for cell_id in ("ade20k.swin-micro.parax.s0", "cifar100.swin-micro.parax~t14b-relu.s0"):
+        run = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipelines.cell", cell_id],
+                             cwd=root, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in run.stderr.splitlines()
+                    if line.startswith("import time:")}
+        project = {m for m in imported if m.split(".")[0] in stages.PACKAGES}
+        files = {Path(stages.module_path(m)).relative_to(REPO).as_posix() for m in project}
+        assert files and files <= set(generated[f"cell-{cell_id}"]["deps"]), sorted(
+            files - set(generated[f"cell-{cell_id}"]["deps"]))
+
+
+HOULSBY = '''"""Houlsby et al. (2019): a serial bottleneck adapter after each residual sum."""
+import dataclasses
+
+from torch import nn
+
+from methods import MethodConfig, PEFTMethod, Role, register_method, width_field
+
+
+@dataclasses.dataclass
+class HoulsbyConfig(MethodConfig):
+    bottleneck: int = width_field(64, "d: bottleneck width", budget=(1, 4096, 1))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, dim, width):
+        super().__init__()
+        self.down, self.up = nn.Linear(dim, width), nn.Linear(width, dim)
+
+    def forward(self, x, hw):
+        return x + self.up(nn.functional.gelu(self.down(x)))
+
+
+@register_method
+class Houlsby(PEFTMethod):
+    name = "houlsby"
+    description = "Houlsby: a serial bottleneck adapter after each residual sum"
+    config_class = HoulsbyConfig
+    requires = (Role.SERIAL,)
+
+    def attach(self, host):
+        for block in host.blocks:
+            for site in host.sites_of(Role.SERIAL):
+                host.add(site, Bottleneck(block.dim, self.config.bottleneck), block=block)
+'''
+
+
+@pytest.mark.slow
+def test_a_new_method_file_joins_the_grid_and_nothing_else_reruns(tmp_path):
+    """Only methods/houlsby.py is added to a copy of the repository: it is listed, sized to a
+    budget, and dvc (through scripts/dvc's regeneration) shows its cells as new; no other
+    stage but the aggregation (which labels every method) goes out of date."""
+    root = copy_repo(tmp_path / "repo", with_results=True)
+    commit(root)
+    env = {**ENV, "DVC_SITE_CACHE_DIR": str(root / ".dvc" / "site-cache"), "DVC_NO_ANALYTICS": "1"}
+
+    def status() -> set[str]:  # what scripts/dvc does, with this interpreter's .venv
+        subprocess.run([sys.executable, "-m", "pipelines.stages"], cwd=root, env=env, check=True)
+        return set(json.loads(dvc(root, "status", "--json").stdout))
+
+    before = status()
+    (root / "methods" / "houlsby.py").write_text(HOULSBY)
+    exe = Path(sys.executable).parent / "parax-bench"
+    listing = subprocess.run([exe, "methods"], cwd=root, env=env, capture_output=True, text=True)
+    assert any(line.startswith("houlsby ") for line in listing.stdout.splitlines())
+    sized = subprocess.run([exe, "params", "--backbone", "swin-b", "--method", "houlsby",
+                            "--budget", "5.2M", "--format", "json"], cwd=root, env=env,
+                           capture_output=True, text=True, check=True)
+    assert abs(json.loads(sized.stdout)[0]["trainable_backbone_params"] - 5.2e6) < 0.1e6
+    after = status()
+    houlsby = {name for name in after if ".houlsby." in name}  # 3 dense, 1 classification, 1 pose
+    assert len(houlsby) == 5 and not houlsby & before
+    assert after - before - houlsby <= {"aggregate"}
