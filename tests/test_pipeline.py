@@ -349,7 +349,8 @@ def test_a_new_method_file_joins_the_grid_and_nothing_else_reruns(tmp_path):
     stage but the aggregation (which labels every method) goes out of date."""
     root = copy_repo(tmp_path / "repo", with_results=True)
     commit(root)
-    env = {**ENV, "DVC_SITE_CACHE_DIR": str(root / ".dvc" / "site-cache"), "DVC_NO_ANALYTICS": "1"}
+    env = {**ENV, "DVC_SITE_CACHE_DIR": str(root / ".dvc" / "site-cache"), "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": str(root)}  # the copy's packages, not the installed checkout's
 
     def status() -> set[str]:  # what scripts/dvc does, with this interpreter's .venv
         subprocess.run([sys.executable, "-m", "pipelines.stages"], cwd=root, env=env, check=True)
