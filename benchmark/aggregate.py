@@ -22,7 +22,7 @@ from methods import get_method
 
 from .io import write_json_atomic, write_text_atomic
 from .reported import reported_table
-from .tables import ablation_tables, comparison_tables
+from .tables import ablation_method, ablation_tables, comparison_tables
 
 
 @dataclass(frozen=True)
@@ -167,24 +167,26 @@ class Aggregator:
                      "reported": True} for m in paper_metrics]
         layout = ablation_tables()[table]
         default = layout["default"]
+        method = ablation_method()
+        paper_method = get_method(method).paper_name
         entries = [(f"default{'' if default is None else ' (' + default + ')'}", None, default)]
         entries += [(self.params["ablations"][v]["paper"], v, self.params["ablations"][v]["paper"])
                     for v in variants]
         rows = []
         for label, variant, paper_label in entries:
-            runs = self._runs(task, backbone, "parax", variant)
+            runs = self._runs(task, backbone, method, variant)
             row = {"variant": {"text": label, "value": label}, "params_m": self._params_m(runs)}
             for metric in metrics:
                 row[metric.label] = _cell(*self._scores(runs, metric))
             reported = self.reported[(self.reported.table == table)
-                                     & (self.reported.method == f"AdaRoute[{paper_label}]")]
+                                     & (self.reported.method == f"{paper_method}[{paper_label}]")]
             row["params_m:reported"] = _number(reported.params_m.iloc[0] if len(reported) else None)
             for m in paper_metrics:
                 value = reported[reported.metric == m].value
                 row[f"{m}:reported"] = _number(value.iloc[0] if len(value) else None)
             rows.append(row)
         return {"id": f"table{table}", "title": f"Table {table}: {layout['title']} "
-                                                f"(ParaX on {task}, {backbone})",
+                                                f"({method_label(method)} on {task}, {backbone})",
                 "kind": "ablation", "columns": columns, "rows": rows}
 
     def rank(self) -> dict[str, Any] | None:

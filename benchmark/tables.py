@@ -30,5 +30,10 @@ def ablation_tables() -> dict[str, dict[str, Any]]:
     return dict(spec()["ablations"])
 
 
+def ablation_method() -> str:
+    """The method whose variants the ablation tables hold."""
+    return spec()["ablation_method"]
+
+
 def efficiency_table() -> dict[str, Any]:
     return dict(spec()["efficiency"])

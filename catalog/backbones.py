@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .registry import Registry
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -27,15 +29,9 @@ _MICRO_SWIN = dict(patch_size=4, window_size=4, embed_dim=16, depths=(2, 2, 3, 2
 _MICRO_CONVNEXT = dict(depths=(2, 2, 3, 2), dims=(16, 32, 48, 64))
 _MICRO_VIT = dict(patch_size=8, embed_dim=32, depth=4, num_heads=2, img_size=32)
 
-BACKBONES: dict[str, BackboneSpec] = {}
-
-
-def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    """Make ``spec`` available by name (a family file registers the sizes it adds)."""
-    if spec.name in BACKBONES and BACKBONES[spec.name] != spec:
-        raise ValueError(f"backbone name '{spec.name}' is already registered")
-    BACKBONES[spec.name] = spec
-    return spec
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", UnknownBackboneError)
+register_backbone = BACKBONES.register  # a family file registers the sizes it adds
+get_backbone = BACKBONES.lookup
 
 
 for _spec in [
@@ -54,11 +50,3 @@ for _spec in [
                  input_size=32, reference="vit-b"),
 ]:
     register_backbone(_spec)
-
-
-def get_backbone(name: str) -> BackboneSpec:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise UnknownBackboneError(
-            f"unknown backbone '{name}'; known backbones: {', '.join(BACKBONES)}") from None

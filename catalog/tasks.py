@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .registry import Registry
+
 KINDS = ("semantic_segmentation", "instance_segmentation", "panoptic_segmentation",
          "pose_estimation", "classification")
 
@@ -101,14 +103,9 @@ class UnknownTaskError(KeyError):
         return str(self.args[0])
 
 
-TASKS: dict[str, TaskSpec] = {}
-
-
-def register_task(spec: TaskSpec) -> TaskSpec:
-    if spec.name in TASKS and TASKS[spec.name] != spec:
-        raise ValueError(f"task name '{spec.name}' is already registered")
-    TASKS[spec.name] = spec
-    return spec
+TASKS: Registry[TaskSpec] = Registry("task", UnknownTaskError)
+register_task = TASKS.register
+get_task = TASKS.lookup
 
 
 _ADE_SCENES = dict(stuff=(3, 10, 7, 22), things=(13, 21, 5, 20, 16),  # sky grass road water |
@@ -143,10 +140,3 @@ for _spec in [
              ClassificationLayout("imagenet_r", 200)),
 ]:
     register_task(_spec)
-
-
-def get_task(name: str) -> TaskSpec:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise UnknownTaskError(f"unknown task '{name}'; known tasks: {', '.join(TASKS)}") from None

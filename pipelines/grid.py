@@ -3,7 +3,8 @@
 `grid` in params.yaml is the active profile (`grid: *mini` or `grid: *paper`). Its groups
 (``dense``, ``classification``, ``pose``, ``remote_sensing``) are products of tasks x
 backbones x methods x seeds, one per paper table family; ``ablation`` runs ParaX variants
-(named in the top-level ``ablations``) on one (task, backbone). The methods are every
+(named in the top-level ``ablations``; the method benchmark/paper_tables.yaml names) on one
+(task, backbone). The methods are every
 registered method but those the profile excludes (``exclude``), in the order of the
 top-level ``methods`` overrides, then by name.
 """
@@ -15,10 +16,10 @@ from typing import Any
 
 import yaml
 
+from benchmark.tables import ablation_method
 from catalog import Cell
 
 GROUPS = ("dense", "classification", "pose", "remote_sensing")
-ABLATION_METHOD = "parax"
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -77,14 +78,14 @@ def expand(params: dict[str, Any], methods: list[str] | None = None) -> list[Cel
                 for method in methods:
                     for seed in grid["seeds"]:
                         cells.append(_cell(params, task, backbone, method, seed))
-    ablation = grid["ablation"]
-    for variant in ablation["variants"] if ABLATION_METHOD in methods else ():
+    ablation, method = grid["ablation"], ablation_method()
+    for variant in ablation["variants"] if method in methods else ():
         if variant not in params["ablations"]:
             raise ValueError(f"grid.ablation.variants names '{variant}', which is not in "
                              f"ablations: {', '.join(params['ablations'])}")
         for seed in grid["seeds"]:
-            cells.append(_cell(params, ablation["task"], ablation["backbone"], ABLATION_METHOD,
-                               seed, variant))
+            cells.append(_cell(params, ablation["task"], ablation["backbone"], method, seed,
+                               variant))
     return cells
 
 
