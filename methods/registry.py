@@ -15,9 +15,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
+from catalog import ENTRY_POINT_GROUP
+
 from .base import PEFTMethod
 
-ENTRY_POINT_GROUP = "parax_bench.methods"
 
 _REGISTRY: dict[str, type[PEFTMethod]] = {}
 _discovered = False

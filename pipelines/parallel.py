@@ -186,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(done) < len(cells):
             return 1
     rest = [n for n in commands if not n.startswith(UPSTREAM + CELLS)]
-    dvc("repro", *(["-f", "--single-item", *rest] if args.force else []))
+    if args.force:
+        dvc("repro", "-f", "--single-item", *rest)
+    elif cells or upstream or set(rest) & stale:
+        dvc("repro")
+    else:
+        print("[parallel] every stage is up to date", flush=True)
     return 0
 
 

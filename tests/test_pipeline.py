@@ -69,7 +69,7 @@ def test_dvc_stages_are_the_grid(tmp_path, profile):
     """DVC reads the generated dvc.yaml as one stage per grid cell, running that cell."""
     (tmp_path / "params.yaml").write_text(with_grid((REPO / "params.yaml").read_text(), profile))
     params = load_params(tmp_path / "params.yaml")
-    (tmp_path / "dvc.yaml").write_text(stages.render(params))
+    (tmp_path / "dvc.yaml").write_text(stages.render(params, "test"))
     dvc(tmp_path, "init", "--no-scm", "-q")
     from dvc.repo import Repo
 
