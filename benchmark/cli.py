@@ -150,7 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = sized_options(args.backbone, args.method, args.task, _parse_set(args.set), budget)
     cell = Cell(task=args.task, backbone=args.backbone, method=args.method, data_root=args.data,
                 seed=args.seed, profile=args.profile, options=options,
-                pretrained=args.pretrained, iters=args.iters, budget=args.budget)
+                pretrained=args.pretrained, iters=args.iters, budget=args.budget,
+                smoke=args.smoke)
     return train(cell, out, args.work_dir or str(out.with_suffix("")) + ".work", args.launcher)
 
 
@@ -269,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", choices=("mini", "paper"), default="mini")
     p.add_argument("--iters", type=int, help="override the profile's schedule length")
+    p.add_argument("--smoke", action="store_true",
+                   help="the profile's model, pipelines and evaluator, 2 training iterations at "
+                        "batch 1 or 2 and 4 validation images (try a cluster configuration on a CPU)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--budget", metavar="B", help="size the method's width knob to a budget "
                                                  "(as in `params --budget`)")

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from catalog import Cell
-from tasks import fingerprint, task_config
+from tasks import fingerprint, kind_of, task_config
 
 from .io import write_json_atomic
 
@@ -69,6 +70,40 @@ def _register_exact_resume() -> None:
             self.runner.call_hook("after_train_epoch")
             self.runner.call_hook("after_train")
             return self.runner.model
+
+
+SMOKE_ITERS, SMOKE_VAL_IMAGES = 2, 4
+
+
+def smoke_config(cfg: dict[str, Any], batch: int) -> None:
+    """A smoke run of a configuration: its model, pipelines and evaluator as they are;
+    training cut to two iterations at a batch of ``batch`` (its kind's: 1 or 2; constant
+    learning rate) and validation to a few images, one at a time, so that a cluster
+    configuration can be tried out on a CPU first."""
+    train = cfg["train_dataloader"]
+    train["batch_size"] = batch
+    train["sampler"] = dict(type="InfiniteSampler", shuffle=True)
+    cfg["train_cfg"] = dict(type="IterBasedTrainLoop", max_iters=SMOKE_ITERS,
+                            val_begin=SMOKE_ITERS + 1)
+    cfg["param_scheduler"] = []
+    cfg["val_dataloader"]["batch_size"] = 1
+    cfg["val_dataloader"]["dataset"]["indices"] = SMOKE_VAL_IMAGES
+
+
+def measured(cell: Cell, metrics: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """(the metrics, the keys left out): a COCO-style evaluator reports -1 where the ground
+    truth has nothing of the kind (no small objects, say); such a value is not a score. The
+    task's primary metric must be measured."""
+    from catalog import get_task
+
+    unmeasured = sorted(k for k, v in metrics.items() if v == -1.0)
+    kept = {k: v for k, v in metrics.items() if v != -1.0}
+    primary = get_task(cell.task).primary.key
+    if primary not in kept:
+        raise ValueError(f"{cell.id}: the evaluator could not measure {primary} (reported "
+                         f"{'-1: no ground truth of that kind' if primary in unmeasured else 'nothing'}"
+                         f"); no result is written")
+    return kept, unmeasured
 
 
 # What the pipeline writes: changes there do not make the code that computes a cell dirty
@@ -157,6 +192,8 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
     if not data_root.is_dir():
         raise FileNotFoundError(f"data directory not found: {data_root}")
     cfg = task_config(cell)
+    if cell.smoke:
+        smoke_config(cfg, kind_of(cell.task).smoke_batch)
     iteration_based = cfg["train_cfg"]["type"] == "IterBasedTrainLoop"
     if iteration_based:
         _register_exact_resume()
@@ -190,6 +227,7 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
     # mmengine's logging state, which torch's weights-only loading refuses.
     previous = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    created = [p for p in (Path(work_dir), Path(cfg["work_dir"])) if not p.exists()]
     try:
         runner = Runner.from_cfg(Config(cfg))
         rank, world_size = get_dist_info()
@@ -197,7 +235,14 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
         train_loader["batch_size"] = per_process_batch(train_loader["batch_size"], world_size)
         if max_iters != 0:  # zero iterations: evaluate the untrained model
             runner.train()
-        metrics = {k: float(v) for k, v in runner.val_loop.run().items()}
+        metrics, unmeasured = measured(cell, {k: float(v) for k, v in runner.val_loop.run().items()})
+    except BaseException:
+        # A run that fails before its first checkpoint (data the loaders refuse while they are
+        # built, say) leaves no work folder behind.
+        if not any(Path(cfg["work_dir"]).glob("*.pth")):
+            for path in reversed(created):
+                shutil.rmtree(path, ignore_errors=True)
+        raise
     finally:
         if previous is None:
             os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
@@ -211,6 +256,7 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
         "cell": cell.to_dict(),
         "config_hash": cell.config_hash(),
         "metrics": metrics,
+        **({"unmeasured": unmeasured} if unmeasured else {}),
         "trainable_backbone_params": host.num_trainable(),
         "trainable_params": sum(p.numel() for p in runner.model.parameters() if p.requires_grad),
         "wall_time_s": round(wall, 2),

@@ -22,6 +22,7 @@ class Cell:
     data_root: str = ""
     pretrained: str | None = None
     iters: int | None = None  # overrides the profile's schedule length
+    smoke: bool = False  # the profile's model, pipelines and evaluator, two steps (runner.py)
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -34,10 +35,12 @@ class Cell:
         return f"{self.task}.{self.backbone}.{method}.s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The result file's ``cell`` record (no variant key for a grid cell without one)."""
+        """The result file's ``cell`` record (no ``variant`` / ``smoke`` keys where unset)."""
         out = asdict(self)
         if out["variant"] is None:
             del out["variant"]
+        if not out["smoke"]:
+            del out["smoke"]
         return out
 
     @classmethod

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from catalog import Cell, TaskSpec, get_backbone
 
-from .common import MEAN, STD, loader
+from .common import MEAN, STD, loader, open_image
 from .registry import DataFormatError, Kind, register_kind
 
 
@@ -35,13 +35,54 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def _unpickle(path: Path, what: str, keys: Sequence[bytes]) -> dict:
+    """A pickled dict holding ``keys``; anything else names the file that is wrong."""
+    try:
+        with open(path, "rb") as fh:
+            data = pickle.load(fh, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as exc:
+        raise DataFormatError(f"{path}: not a {what} ({exc!r})") from None
+    missing = [k.decode() for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise DataFormatError(f"{path}: not a {what}: no {', '.join(missing)}")
+    return data
+
+
+def _any_case(path: Path, listings: dict[Path, dict[str, Path]]) -> Path:
+    """``path``, or the file of the same name whose suffix is spelled in another case
+    (``x.JPG`` for ``x.jpg``; ``listings`` caches each folder's names); missing: the
+    expected path in the error."""
+    if path.exists():
+        return path
+    if path.parent not in listings:
+        listings[path.parent] = ({f"{p.stem}{p.suffix.lower()}": p for p in path.parent.iterdir()}
+                                 if path.parent.is_dir() else {})
+    found = listings[path.parent].get(f"{path.stem}{path.suffix.lower()}")
+    if found is None:
+        raise DataFormatError(f"image not found: expected {path}")
+    return found
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """Any mode as 8-bit RGB (16-bit greyscale scaled to 8 bits, not clipped)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(array / 257.0, 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
 class ArrayDataset(Dataset):
-    """Images (N, H, W, 3) uint8 + labels (N,), flipped at random when training."""
+    """Images (N, H, W, 3) uint8 + labels (N,), flipped at random when training. ``indices``:
+    keep the first N only (a smoke run's few validation images)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, train: bool,
-                 source: Path):
+                 source: Path, indices: int | None = None):
         if len(images) != len(labels):
             raise DataFormatError(f"{source}: {len(images)} images but {len(labels)} labels")
+        if not len(labels):
+            raise DataFormatError(f"{source}: no images (an empty split)")
+        if indices is not None:
+            images, labels = images[:indices], labels[:indices]
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataFormatError(f"{source}: labels must lie in [0, {num_classes}), found "
                                   f"{int(labels.min())}..{int(labels.max())}")
@@ -62,30 +103,26 @@ class ArrayDataset(Dataset):
 class CIFAR100(ArrayDataset):
     """``cifar-100-python/{train,test,meta}``: pickled dicts, rows of 3072 bytes (R, G, B planes)."""
 
-    def __init__(self, data_root: str, split: str, train: bool = False):
+    def __init__(self, data_root: str, split: str, train: bool = False,
+                 indices: int | None = None):
         base = Path(data_root) / "cifar-100-python"
         path = _need(base / ("train" if split == "train" else "test"), "CIFAR-100 batch")
         meta = _need(base / "meta", "CIFAR-100 meta file")
-        try:
-            with open(path, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-            with open(meta, "rb") as fh:
-                names = pickle.load(fh, encoding="bytes")[b"fine_label_names"]
-            data = np.asarray(batch[b"data"], np.uint8)
-            labels = np.asarray(batch[b"fine_labels"])
-        except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as exc:
-            raise DataFormatError(f"{path}: not a CIFAR-100 python batch ({exc!r})") from exc
+        batch = _unpickle(path, "CIFAR-100 python batch", (b"data", b"fine_labels"))
+        names = _unpickle(meta, "CIFAR-100 meta file", (b"fine_label_names",))[b"fine_label_names"]
+        data, labels = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"fine_labels"])
         if data.ndim != 2 or data.shape[1] != 3072:
             raise DataFormatError(f"{path}: expected rows of 3072 bytes, got shape {data.shape}")
         super().__init__(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels, len(names),
-                         train, path)
+                         train, path, indices)
 
 
 @DATASETS.register_module()
 class SVHN(ArrayDataset):
     """``{train,test}_32x32.mat``: X (32, 32, 3, N) uint8, y (N, 1) with 10 standing for 0."""
 
-    def __init__(self, data_root: str, split: str, train: bool = False):
+    def __init__(self, data_root: str, split: str, train: bool = False,
+                 indices: int | None = None):
         from scipy.io import loadmat
 
         path = _need(Path(data_root) / f"{'train' if split == 'train' else 'test'}_32x32.mat",
@@ -96,19 +133,19 @@ class SVHN(ArrayDataset):
         except (ValueError, KeyError, OSError) as exc:
             raise DataFormatError(f"{path}: not an SVHN .mat file ({exc!r})") from exc
         y[y == 10] = 0
-        super().__init__(np.transpose(x, (3, 0, 1, 2)), y, 10, train, path)
+        super().__init__(np.transpose(x, (3, 0, 1, 2)), y, 10, train, path, indices)
 
 
 class _FolderDataset(ArrayDataset):
     def _load(self, root: Path, files: Sequence[str], classes: list[str], size: int,
-              train: bool, source: Path):
+              train: bool, source: Path, indices: int | None):
         index = {c: i for i, c in enumerate(classes)}
-        images, labels = [], []
-        for rel in files:
+        images, labels, listings = [], [], {}
+        for rel in files[:indices]:
             cls = rel.split("/")[0]
             if cls not in index:
                 raise DataFormatError(f"{source}: '{rel}' names unknown class '{cls}'")
-            img = Image.open(_need(root / rel, "image")).convert("RGB")
+            img = _rgb(open_image(_any_case(root / rel, listings)))
             images.append(np.asarray(img.resize((size, size), Image.BILINEAR)))
             labels.append(index[cls])
         super().__init__(np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
@@ -119,13 +156,14 @@ class _FolderDataset(ArrayDataset):
 class Food101(_FolderDataset):
     """``food-101/images/<class>/<id>.jpg`` with ``meta/classes.txt`` and ``meta/{train,test}.txt``."""
 
-    def __init__(self, data_root: str, split: str, train: bool = False, size: int = 32):
+    def __init__(self, data_root: str, split: str, train: bool = False, size: int = 32,
+                 indices: int | None = None):
         base = Path(data_root) / "food-101"
         classes = _need(base / "meta" / "classes.txt", "Food-101 class list").read_text().split()
         listing = _need(base / "meta" / f"{'train' if split == 'train' else 'test'}.txt",
                         "Food-101 split list")
         files = [f"{line}.jpg" for line in listing.read_text().split()]
-        self._load(base / "images", files, classes, size, train, listing)
+        self._load(base / "images", files, classes, size, train, listing, indices)
 
 
 @DATASETS.register_module()
@@ -133,7 +171,7 @@ class ImageNetR(_FolderDataset):
     """``imagenet-r/<wnid>/<file>.jpg``; the split file lists the 24,000 / 6,000 paths."""
 
     def __init__(self, data_root: str, split: str, train: bool = False, size: int = 32,
-                 split_file: str | None = None):
+                 split_file: str | None = None, indices: int | None = None):
         base = Path(data_root) / "imagenet-r"
         split_path = Path(split_file) if split_file else base / "split.json"
         try:
@@ -143,7 +181,7 @@ class ImageNetR(_FolderDataset):
         except (json.JSONDecodeError, KeyError) as exc:
             raise DataFormatError(f"{split_path}: expected JSON with 'classes', 'train', 'test' "
                                   f"({exc!r})") from exc
-        self._load(base, files, classes, size, train, split_path)
+        self._load(base, files, classes, size, train, split_path, indices)
 
 
 def make_imagenet_r_split(data_root: str, train: int = 24_000, test: int = 6_000,

@@ -2,9 +2,14 @@
 and the COCO-style warm-up / step schedule."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from catalog import Cell
+
+from .registry import DataFormatError
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
@@ -48,3 +53,16 @@ def warmup_multistep(cell: Cell, profile: dict[str, Any],
                               milestones=milestones, gamma=0.1)])
     iters = cell.iters if cell.iters is not None else profile["iters"]
     return dict(type="IterBasedTrainLoop", max_iters=iters, val_begin=iters + 1), [warmup]
+
+
+def open_image(path: Path) -> Image.Image:
+    """The image at ``path``, decoded completely (any mode); a missing or broken file is a
+    DataFormatError naming it."""
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: image not found") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for broken files
+        raise DataFormatError(f"{path}: the image does not decode ({exc})") from None

@@ -5,14 +5,14 @@ our backbone in place of the ResNet; the mini profile narrows the neck and heads
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from catalog import Cell, CocoLayout, TaskSpec
+from catalog import Cell, TaskSpec
 
+from .coco import check_split
 from .common import adamw, backbone_cfg, loader, stage_dims, warmup_multistep
-from .registry import DataFormatError, Kind, register_kind
+from .registry import Kind, register_kind
 
 PROFILES = {
     "mini": dict(scale=(128, 128), batch=2, iters=100, warmup=10, width=64, fc=256, lr=2e-4),
@@ -78,41 +78,27 @@ def lighten(model: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
-def check_coco(root: str, layout: CocoLayout, split: str) -> Path:
-    """The annotation file (``annotations/{kind}_{split}.json``) parses as COCO and every
-    image it lists exists."""
-    kind = layout.annotations
-    base = Path(root) / layout.base
-    ann = base / "annotations" / f"{kind}_{split}.json"
-    if not ann.is_file():
-        raise DataFormatError(f"COCO annotations not found: expected {ann}")
-    try:
-        data = json.loads(ann.read_text())
-        images, annotations = data["images"], data["annotations"]
-        ids = {img["id"] for img in images}
-        for img in images:
-            if not (base / split / img["file_name"]).is_file():
-                raise DataFormatError(f"{ann}: image {img['file_name']} not found in {base / split}")
-        for a in annotations:
-            if a["image_id"] not in ids:
-                raise DataFormatError(f"{ann}: annotation {a['id']} refers to unknown image "
-                                      f"{a['image_id']}")
-            if len(a["bbox"]) != 4:
-                raise DataFormatError(f"{ann}: annotation {a['id']} bbox must be [x, y, w, h]")
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataFormatError(f"{ann}: not a COCO {kind} file ({exc!r})") from exc
-    return ann
+def coco_classes() -> tuple[str, ...]:
+    from mmdet.datasets import CocoDataset
+
+    return tuple(CocoDataset.METAINFO["classes"])
+
+
+def check_splits(spec: TaskSpec, root: str) -> list[Path]:
+    """Both splits' annotation files (completed copies where needed), checked: COCO's class
+    names, a mask for every object, every image decodes."""
+    return [check_split(root, spec.layout, split, allowed=coco_classes(), masks=True).ann_file
+            for split in spec.layout.splits]
 
 
 def check(spec: TaskSpec, root: str) -> None:
-    for split in spec.layout.splits:
-        check_coco(root, spec.layout, split)
+    check_splits(spec, root)
 
 
 def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     _register_metric()
     p = PROFILES[cell.profile]
-    train_ann, val_ann = (check_coco(cell.data_root, spec.layout, s) for s in spec.layout.splits)
+    train_ann, val_ann = check_splits(spec, cell.data_root)
     model = narrow(mmdet_model("_base_/models/mask-rcnn_r50_fpn.py"), p["width"], p["fc"])
     if cell.profile == "mini":
         model = lighten(model)
@@ -150,7 +136,7 @@ def coco_config(spec: TaskSpec, cell: Cell, model: dict[str, Any], dataset: str,
         if seg_prefix:
             prefix["seg"] = seg_prefix.format(split=split)
         return loader(p["batch"] if train else 1,
-                      dict(type=dataset, data_root=root, ann_file=str(ann.relative_to(root)),
+                      dict(type=dataset, data_root=root, ann_file=str(ann),
                            data_prefix=prefix,
                            filter_cfg=dict(filter_empty_gt=True, min_size=4) if train else None,
                            pipeline=train_pipeline if train else test_pipeline,
@@ -183,4 +169,5 @@ def write(spec: TaskSpec, root: Path, seed: int = 0, **sizes: int) -> Path:
     return write_coco_instances(root, seed=seed, **sizes)
 
 
-register_kind("instance_segmentation", Kind(build_config, check, write))
+# A smoke run trains one 1333x800 image at a time (memory).
+register_kind("instance_segmentation", Kind(build_config, check, write, smoke_batch=1))

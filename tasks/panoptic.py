@@ -9,7 +9,6 @@ lies on void or on a crowd region of its category.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +19,7 @@ from PIL import Image
 
 from catalog import Cell, CocoLayout, TaskSpec
 
+from .coco import completed_copy, categories, decode, images, read_json
 from .detection import PROFILES, coco_config, lighten, mmdet_model, narrow
 from .registry import DataFormatError, Kind, register_kind
 
@@ -132,22 +132,49 @@ class PanopticQuality(BaseMetric):
 
 
 def check_panoptic(root: str, layout: CocoLayout, split: str) -> Path:
+    """The panoptic JSON and its PNGs, entry by entry: COCO panoptic's category names, every
+    image and PNG decodes, PNGs of their image's size, every segment of a known category
+    (area, iscrowd completed where left out). Returns the file the loaders read."""
+    from mmdet.datasets import CocoPanopticDataset
+
     base = Path(root) / layout.base
     ann = base / "annotations" / f"{layout.annotations}_{split}.json"
-    if not ann.is_file():
-        raise DataFormatError(f"COCO panoptic annotations not found: expected {ann}")
-    try:
-        data = json.loads(ann.read_text())
-        for a in data["annotations"]:
-            png = base / "annotations" / f"panoptic_{split}" / a["file_name"]
-            if not png.is_file():
-                raise DataFormatError(f"{ann}: panoptic PNG {a['file_name']} not found in {png.parent}")
-            if any("id" not in s or "category_id" not in s for s in a["segments_info"]):
-                raise DataFormatError(f"{ann}: a segment of {a['file_name']} lacks 'id' or "
-                                      f"'category_id'")
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataFormatError(f"{ann}: not a COCO panoptic file ({exc!r})") from exc
-    return ann
+    data = read_json(ann, "COCO panoptic file")
+    cats = categories(data, ann, CocoPanopticDataset.METAINFO["classes"])
+    imgs, completed = images(data, ann, base / split)
+    annotations = data.get("annotations")
+    if not isinstance(annotations, list) or not annotations:
+        raise DataFormatError(f"{ann}: no annotations: the split has no ground truth")
+    png_dir = base / "annotations" / f"{layout.annotations}_{split}"
+    for a in annotations:
+        img = imgs.get(a.get("image_id"))
+        if img is None:
+            raise DataFormatError(f"{ann}: annotation of {a.get('file_name')!r}: image_id "
+                                  f"{a.get('image_id')!r} is not among the file's images")
+        png = a.get("file_name", "")
+        if img["file_name"].replace(".jpg", ".png") != png:  # the name mmdet derives
+            raise DataFormatError(f"{ann}: image {img['file_name']}: expected its PNG to be named "
+                                  f"{img['file_name'].replace('.jpg', '.png')!r}, got {png!r}")
+        if decode(png_dir / png) != (img["width"], img["height"]):
+            raise DataFormatError(f"{png_dir / png}: expected the image's size "
+                                  f"{img['width']}x{img['height']}")
+        ids = None
+        for seg in a.get("segments_info") or []:
+            where = f"{ann}: segment {seg.get('id')!r} of {png}"
+            if "id" not in seg or seg.get("category_id") not in cats:
+                raise DataFormatError(f"{where}: category_id {seg.get('category_id')!r} is not "
+                                      f"among the file's categories {sorted(cats)[:10]}")
+            if not (isinstance(seg.get("bbox"), list) and len(seg["bbox"]) == 4):
+                raise DataFormatError(f"{where}: bbox must be [x, y, w, h]")
+            if "area" not in seg:
+                if ids is None:
+                    ids = rgb2id(Image.open(png_dir / png).convert("RGB"))
+                seg["area"] = int((ids == seg["id"]).sum())
+                completed = True
+            if "iscrowd" not in seg:
+                seg["iscrowd"] = 0
+                completed = True
+    return completed_copy(ann, data) if completed else ann
 
 
 def check(spec: TaskSpec, root: str) -> None:
@@ -166,7 +193,7 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     load = dict(type="LoadPanopticPNG", with_bbox=True, with_mask=True, with_seg=True)
     evaluator = dict(type="PanopticQuality", num_things=80, num_stuff=53)
     return coco_config(spec, cell, model, "CocoPanopticDataset", train_ann, val_ann, load, evaluator,
-                       seg_prefix="annotations/panoptic_{split}/",
+                       seg_prefix=f"annotations/{spec.layout.annotations}_{{split}}/",
                        meta_keys=("seg_map_path", "segments_info"))
 
 
@@ -176,4 +203,5 @@ def write(spec: TaskSpec, root: Path, seed: int = 0, **sizes: int) -> Path:
     return write_coco_panoptic(root, seed=seed, **sizes)
 
 
-register_kind("panoptic_segmentation", Kind(build_config, check, write))
+# A smoke run trains one 1333x800 image at a time (memory).
+register_kind("panoptic_segmentation", Kind(build_config, check, write, smoke_batch=1))

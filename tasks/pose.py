@@ -7,9 +7,11 @@ from typing import Any
 
 from catalog import Cell, TaskSpec
 
+from .coco import check_split
 from .common import MEAN, STD, adamw, backbone_cfg, loader, stage_dims, warmup_multistep
-from .detection import check_coco
 from .registry import Kind, register_kind
+
+KEYPOINTS = 17  # COCO's: the heatmap head, flip pairs and OKS sigmas are built for them
 
 PROFILES = {
     "mini": dict(input=(64, 96), heatmap=(16, 24), sigma=1, batch=16, iters=80, warmup=10,
@@ -19,22 +21,26 @@ PROFILES = {
 }
 
 
+def check_splits(spec: TaskSpec, root: str) -> list[Path]:
+    return [check_split(root, spec.layout, split, keypoints=KEYPOINTS).ann_file
+            for split in spec.layout.splits]
+
+
 def check(spec: TaskSpec, root: str) -> None:
-    for split in spec.layout.splits:
-        check_coco(root, spec.layout, split)
+    check_splits(spec, root)
 
 
 def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     p = dict(PROFILES[cell.profile])
     paper = cell.profile == "paper"
-    train_ann, val_ann = (check_coco(cell.data_root, spec.layout, s) for s in spec.layout.splits)
+    train_ann, val_ann = check_splits(spec, cell.data_root)
     codec = dict(type="MSRAHeatmap", input_size=p["input"], heatmap_size=p["heatmap"],
                  sigma=p["sigma"])
     model = dict(
         type="TopdownPoseEstimator",
         data_preprocessor=dict(type="PoseDataPreprocessor", mean=MEAN, std=STD, bgr_to_rgb=True),
         backbone=backbone_cfg(cell, 0.3 if paper else 0.0),
-        head=dict(type="HeatmapHead", in_channels=stage_dims(cell)[-1], out_channels=17,
+        head=dict(type="HeatmapHead", in_channels=stage_dims(cell)[-1], out_channels=KEYPOINTS,
                   deconv_out_channels=p["deconv"], deconv_kernel_sizes=(4, 4, 4),
                   loss=dict(type="KeypointMSELoss", use_target_weight=True), decoder=codec),
         test_cfg=dict(flip_test=True, flip_mode="heatmap", shift_heatmap=True))
@@ -58,7 +64,7 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     def split_loader(split: str, ann: Path, train: bool) -> dict[str, Any]:
         return loader(p["batch"],
                       dict(type="CocoDataset", data_root=root, data_mode="topdown",
-                           ann_file=str(ann.relative_to(root)), data_prefix=dict(img=f"{split}/"),
+                           ann_file=str(ann), data_prefix=dict(img=f"{split}/"),
                            pipeline=train_pipeline if train else val_pipeline,
                            test_mode=not train),
                       train, paper)

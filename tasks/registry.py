@@ -32,8 +32,11 @@ class DataFormatError(ValueError):
 @dataclass(frozen=True)
 class Kind:
     build_config: Callable[[TaskSpec, Cell], dict[str, Any]]  # checks the data, then builds
-    check: Callable[[TaskSpec, str], None]  # the data check alone (the paper's data stage)
+    check: Callable[[TaskSpec, str], Any]  # the data check alone (the paper's data stage)
     write: Callable[..., Path]  # (spec, root, seed=0, train=, val=, size=): synthetic data
+    # A smoke run's training batch: 2 where a layer normalises over the batch (a decoder's
+    # pyramid pooling, a classifier's BatchNorm1d), 1 where memory is the limit.
+    smoke_batch: int = 2
 
 
 _KINDS: dict[str, Kind] = {}

@@ -1,7 +1,8 @@
 """Semantic segmentation (ADE20K; Potsdam and LoveDA reuse its settings): UperNet on mmseg.
 
-Reads any dataset in mmseg's folder layouts (``SegmentationLayout``): images beside uint8
-label maps of the same stem, 0 ignored.
+Reads any dataset in mmseg's folder layouts (``SegmentationLayout``): images (any mode, any
+size, the suffix in any case) beside single-channel label maps of the same stem, 0 ignored.
+Validation runs one image at a time, so images of different sizes evaluate as they are.
 """
 from __future__ import annotations
 
@@ -9,16 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from catalog import Cell, TaskSpec
 
-from .common import MEAN, STD, adamw, backbone_cfg, loader, stage_dims
+from .common import MEAN, STD, adamw, backbone_cfg, loader, open_image, stage_dims
 from .registry import DataFormatError, Kind, register_kind
 
 # Per profile: crop, batch, iterations, warm-up, decoder width, whether to use the FCN aux head.
 PROFILES = {
-    "mini": dict(crop=64, batch=4, iters=80, warmup=10, channels=32, aux=False, val_batch=4),
+    "mini": dict(crop=64, batch=4, iters=80, warmup=10, channels=32, aux=False, val_batch=1),
     "paper": dict(crop=512, batch=16, iters=160_000, warmup=1500, channels=512, aux=True,
                   val_batch=1),
 }
@@ -28,7 +28,8 @@ PAPER_DROP_PATH = {"swin-b": 0.15, "swin-l": 0.3, "convnext-b": 0.25, "convnext-
 MINI_LR = 1e-3
 
 
-def dataset_cfg(root: str, spec: TaskSpec, train: bool, crop: int) -> dict[str, Any]:
+def dataset_cfg(root: str, spec: TaskSpec, train: bool, crop: int,
+                suffixes: dict[str, str]) -> dict[str, Any]:
     layout = spec.layout
     split = layout.splits[0 if train else 1]
     if train:
@@ -51,44 +52,66 @@ def dataset_cfg(root: str, spec: TaskSpec, train: bool, crop: int) -> dict[str, 
     cfg = dict(type=layout.dataset_type, data_root=f"{root}/{layout.base}",
                data_prefix=dict(img_path=layout.images.format(split=split),
                                 seg_map_path=layout.labels.format(split=split)),
+               img_suffix=suffixes[split], seg_map_suffix=suffixes[f"{split}:labels"],
                pipeline=pipeline)
     if layout.classes is not None:  # a dataset of our own: mmseg's generic class
-        cfg.update(img_suffix=layout.img_suffix, seg_map_suffix=".png", reduce_zero_label=True,
-                   metainfo=dict(classes=list(layout.classes)))
+        cfg.update(reduce_zero_label=True, metainfo=dict(classes=list(layout.classes)))
     return cfg
 
 
-def check(spec: TaskSpec, root: str) -> None:
-    """Every image has a label map of its size with values in [0, num_classes] (0 = ignored)."""
+def _files(folder: Path, suffix: str) -> tuple[dict[str, Path], str]:
+    """stem -> file of the folder's files with ``suffix`` in any case, and that suffix as
+    the files spell it (mmseg lists one spelling)."""
+    files = {p.name[: -len(suffix)]: p for p in folder.iterdir()
+             if p.is_file() and p.name.lower().endswith(suffix.lower())}
+    spellings = sorted({p.name[-len(suffix):] for p in files.values()})
+    if len(spellings) > 1:
+        raise DataFormatError(f"{folder}: files end in {' and '.join(spellings)}: expected one "
+                              f"spelling of {suffix} (the loader lists one)")
+    return files, spellings[0] if spellings else suffix
+
+
+def check(spec: TaskSpec, root: str) -> dict[str, str]:
+    """Every image decodes and has a single-channel label map of its size with values in
+    [0, num_classes] (0 = ignored); no split is empty. Reads every file once. Returns the
+    suffixes as the files spell them, per split (``SPLIT``, ``SPLIT:labels``)."""
     layout = spec.layout
     base = Path(root) / layout.base
+    suffixes: dict[str, str] = {}
     for split in layout.splits:
         img_dir = base / layout.images.format(split=split)
         ann_dir = base / layout.labels.format(split=split)
         for d in (img_dir, ann_dir):
             if not d.is_dir():
                 raise DataFormatError(f"{layout.dataset_type}: directory not found: expected {d}")
-        images = sorted(p.name[: -len(layout.img_suffix)]
-                        for p in img_dir.glob(f"*{layout.img_suffix}"))
-        labels = sorted(p.stem for p in ann_dir.glob("*.png"))
-        if images != labels:
+        images, suffixes[split] = _files(img_dir, layout.img_suffix)
+        labels, suffixes[f"{split}:labels"] = _files(ann_dir, ".png")
+        if not images:
+            others = sorted({p.suffix for p in img_dir.iterdir()} - {""})
+            raise DataFormatError(f"{img_dir}: no images: expected *{layout.img_suffix} files"
+                                  + (f" (found {', '.join(others)})" if others else ""))
+        if sorted(images) != sorted(labels):
             unmatched = sorted(set(images) ^ set(labels))[:3]
             raise DataFormatError(f"{ann_dir}: {len(images)} images but {len(labels)} label maps "
                                   f"(unmatched: {unmatched})")
-        for stem in labels:
-            path = ann_dir / f"{stem}.png"
-            with Image.open(path) as png, Image.open(img_dir / f"{stem}{layout.img_suffix}") as img:
-                label, size = np.asarray(png), img.size
-            if label.ndim != 2 or (label.shape[1], label.shape[0]) != size:
-                raise DataFormatError(f"{path}: expected a single-channel map of the image's "
-                                      f"size {size}, got shape {label.shape}")
+        for stem in sorted(labels):
+            path, size = labels[stem], open_image(images[stem]).size
+            png = open_image(path)
+            if png.mode not in ("L", "P", "I;16", "I"):
+                raise DataFormatError(f"{path}: expected a single-channel label map (class ids), "
+                                      f"got mode {png.mode}")
+            label = np.asarray(png)
+            if (label.shape[1], label.shape[0]) != size:
+                raise DataFormatError(f"{path}: expected a map of the image's size {size}, got "
+                                      f"{label.shape[1]}x{label.shape[0]}")
             if label.max() > layout.num_classes:
                 raise DataFormatError(f"{path}: label value {int(label.max())} outside "
                                       f"0..{layout.num_classes} (0 = ignored)")
+    return suffixes
 
 
 def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
-    check(spec, cell.data_root)
+    suffixes = check(spec, cell.data_root)
     p = dict(PROFILES[cell.profile])
     if cell.iters is not None:
         p["iters"] = cell.iters
@@ -115,9 +138,10 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
             loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4))
     lr = PAPER_LR.get(cell.backbone, 6e-5) if paper else MINI_LR
     # Trained by iterations in both profiles (an infinite sampler); validation: one pass.
-    train_loader = loader(p["batch"], dataset_cfg(cell.data_root, spec, True, p["crop"]),
+    train_loader = loader(p["batch"], dataset_cfg(cell.data_root, spec, True, p["crop"], suffixes),
                           train=True, paper=False)
-    val_loader = loader(p["val_batch"], dataset_cfg(cell.data_root, spec, False, p["crop"]),
+    val_loader = loader(p["val_batch"],
+                        dataset_cfg(cell.data_root, spec, False, p["crop"], suffixes),
                         train=False, paper=False)
     return dict(
         default_scope="mmseg",

@@ -229,11 +229,11 @@ def test_malformed_coco_fails_clearly(tmp_path, capsys):
     assert f"{ann}: not a COCO instances file" in capsys.readouterr().err
     assert not out.exists()
     data = {"images": [{"id": 1, "file_name": "missing.jpg", "height": 8, "width": 8}],
-            "annotations": [], "categories": []}
+            "annotations": [], "categories": [{"id": 1, "name": "person"}]}
     ann.write_text(json.dumps(data))
     assert main(["train", "--task", "coco_instance", "--backbone", "convnext-micro", "--method",
                  "parax", "--data", str(tmp_path / "coco"), "--out", str(out), "--iters", "1"]) == 2
-    assert "image missing.jpg not found" in capsys.readouterr().err
+    assert "val2017/missing.jpg: image not found" in capsys.readouterr().err
 
 
 FAMILY_CELLS = {  # task -> (backbone family used, dataset sizes)
