@@ -21,6 +21,8 @@ from PIL import Image
 from benchmark.cli import main
 from tasks.synthetic import generate
 
+from .quirks import pad_one_val_image
+
 BACKBONE = {"ade20k": "swin-micro", "coco_instance": "convnext-micro",
             "coco_panoptic": "convnext-micro", "coco_pose": "swin-micro", "cifar100": "vit-micro",
             "food101": "vit-micro", "imagenet_r": "vit-micro"}
@@ -203,6 +205,7 @@ def test_coco_refusals(tmp_path, copy, capsys, quirk, expected):
 # -- COCO panoptic --------------------------------------------------------------------------------
 def test_panoptic_completes_segments_and_refuses_unknown_categories(tmp_path, copy, capsys):
     data = copy("coco_panoptic")
+    pad_one_val_image("coco_panoptic", data)  # and one validation image of another size
     for split in ("train2017", "val2017"):
         ann, coco = coco_json(data, split, "panoptic")
         for a in coco["annotations"]:
@@ -224,6 +227,7 @@ def test_panoptic_completes_segments_and_refuses_unknown_categories(tmp_path, co
 # -- COCO keypoints -------------------------------------------------------------------------------
 def test_pose_takes_missing_counts_and_refuses_other_keypoint_sets(tmp_path, copy, capsys):
     data = copy("coco_pose")
+    pad_one_val_image("coco_pose", data)  # and one validation image of another size
     for split in ("train2017", "val2017"):
         ann, coco = coco_json(data, split, "person_keypoints")
         for a in coco["annotations"]:
