@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from catalog import CocoLayout
 
-from .common import open_image
+from .common import CheckCache, cache_dir, open_image
 from .registry import DataFormatError
 
 
@@ -30,9 +29,13 @@ class CocoSplit:
     annotations: int
 
 
-def decode(path: Path) -> tuple[int, int]:
-    """(width, height) of an image that decodes completely (any mode)."""
-    return open_image(path).size
+def decode(path: Path, cache: CheckCache | None = None) -> tuple[int, int]:
+    """(width, height) of an image that decodes completely (any mode); ``cache``: files
+    decoded by an earlier check and unchanged since are not decoded again."""
+    if cache is not None and (known := cache.get(path)) is not None:
+        return tuple(known)
+    size = open_image(path).size
+    return size if cache is None else tuple(cache.put(list(size), path))
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -73,7 +76,8 @@ def categories(data: dict[str, Any], ann: Path, allowed: Iterable[str] | None) -
     return out
 
 
-def images(data: dict[str, Any], ann: Path, image_dir: Path) -> tuple[dict[Any, dict], bool]:
+def images(data: dict[str, Any], ann: Path, image_dir: Path,
+           cache: CheckCache) -> tuple[dict[Any, dict], bool]:
     """id -> image (every file decoded; height / width read from it where the file has
     none); and whether any entry was completed."""
     out: dict[Any, dict] = {}
@@ -83,7 +87,7 @@ def images(data: dict[str, Any], ann: Path, image_dir: Path) -> tuple[dict[Any, 
             raise DataFormatError(f"{ann}: image {img!r}: expected 'id' and 'file_name'")
         if img["id"] in out:
             raise DataFormatError(f"{ann}: image id {img['id']} appears twice")
-        width, height = decode(image_dir / img["file_name"])
+        width, height = decode(image_dir / img["file_name"], cache)
         if "width" not in img or "height" not in img:
             img["width"], img["height"] = width, height
             completed = True
@@ -130,7 +134,8 @@ def check_split(root: str | os.PathLike, layout: CocoLayout, split: str, *,
             if n != keypoints:
                 raise DataFormatError(f"{ann}: category {cat['id']} ({cat['name']}) has {n} "
                                       f"keypoints: expected COCO's {keypoints}")
-    imgs, completed = images(data, ann, base / split)
+    with CheckCache("coco-images", base / split) as cache:
+        imgs, completed = images(data, ann, base / split, cache)
     maskless, seen = 0, set()
     annotations = _need_list(data, "annotations", ann)
     for a in annotations:
@@ -179,7 +184,7 @@ def check_split(root: str | os.PathLike, layout: CocoLayout, split: str, *,
 def completed_copy(ann: Path, data: dict[str, Any]) -> Path:
     """The completed annotations, in a cache folder keyed by the original file's content."""
     digest = hashlib.sha256(ann.read_bytes()).hexdigest()[:16]
-    out = Path(tempfile.gettempdir()) / "parax-bench" / "coco" / f"{digest}-{ann.name}"
+    out = cache_dir("coco") / f"{digest}-{ann.name}"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")

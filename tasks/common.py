@@ -2,6 +2,9 @@
 and the COCO-style warm-up / step schedule."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +69,52 @@ def open_image(path: Path) -> Image.Image:
         raise DataFormatError(f"{path}: image not found") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for broken files
         raise DataFormatError(f"{path}: the image does not decode ({exc})") from None
+
+
+def cache_dir(*parts: str) -> Path:
+    """A folder of the user's cache ($PARAX_BENCH_CACHE, default ~/.cache/parax-bench)."""
+    root = Path(os.environ.get("PARAX_BENCH_CACHE", Path.home() / ".cache" / "parax-bench"))
+    return root.joinpath(*parts)
+
+
+class CheckCache:
+    """What a data check established about files that have not changed since (same size and
+    modification time), kept across runs: a dataset's files are decoded once, not once per
+    cell. Entries are keyed by the files' absolute paths; ``with`` saves them."""
+
+    def __init__(self, check: str, root: str | os.PathLike):
+        root = str(Path(root).resolve())
+        name = hashlib.sha256(f"{check}:{root}".encode()).hexdigest()[:16]
+        self.path = cache_dir("checks", f"{check}-{name}.json")
+        try:
+            self.entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.changed = False
+
+    @staticmethod
+    def _stamp(paths: tuple[Path, ...]) -> list[list[int]]:
+        return [[(st := p.stat()).st_size, st.st_mtime_ns] for p in paths]
+
+    def get(self, *paths: Path) -> Any:
+        entry = self.entries.get("|".join(str(p.resolve()) for p in paths))
+        try:
+            return entry["value"] if entry and entry["stamp"] == self._stamp(paths) else None
+        except OSError:  # a file went missing: check it afresh
+            return None
+
+    def put(self, value: Any, *paths: Path) -> Any:
+        self.entries["|".join(str(p.resolve()) for p in paths)] = {
+            "stamp": self._stamp(paths), "value": value}
+        self.changed = True
+        return value
+
+    def __enter__(self) -> "CheckCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.changed:  # what was checked stays checked, even if a later file failed
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries))
+            tmp.replace(self.path)

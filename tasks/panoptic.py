@@ -19,7 +19,8 @@ from PIL import Image
 
 from catalog import Cell, CocoLayout, TaskSpec
 
-from .coco import completed_copy, categories, decode, images, read_json
+from .common import CheckCache
+from .coco import categories, completed_copy, decode, images, read_json
 from .detection import PROFILES, coco_config, lighten, mmdet_model, narrow
 from .registry import DataFormatError, Kind, register_kind
 
@@ -141,11 +142,21 @@ def check_panoptic(root: str, layout: CocoLayout, split: str) -> Path:
     ann = base / "annotations" / f"{layout.annotations}_{split}.json"
     data = read_json(ann, "COCO panoptic file")
     cats = categories(data, ann, CocoPanopticDataset.METAINFO["classes"])
-    imgs, completed = images(data, ann, base / split)
+    with CheckCache("coco-images", base / split) as cache:
+        imgs, completed = images(data, ann, base / split, cache)
     annotations = data.get("annotations")
     if not isinstance(annotations, list) or not annotations:
         raise DataFormatError(f"{ann}: no annotations: the split has no ground truth")
     png_dir = base / "annotations" / f"{layout.annotations}_{split}"
+    with CheckCache("panoptic-pngs", png_dir) as cache:
+        completed |= _check_segments(ann, annotations, imgs, cats, png_dir, cache)
+    return completed_copy(ann, data) if completed else ann
+
+
+def _check_segments(ann: Path, annotations: list[dict], imgs: dict, cats: dict, png_dir: Path,
+                    cache: CheckCache) -> bool:
+    """Every PNG and its segments (see check_panoptic); whether any segment was completed."""
+    completed = False
     for a in annotations:
         img = imgs.get(a.get("image_id"))
         if img is None:
@@ -155,7 +166,7 @@ def check_panoptic(root: str, layout: CocoLayout, split: str) -> Path:
         if img["file_name"].replace(".jpg", ".png") != png:  # the name mmdet derives
             raise DataFormatError(f"{ann}: image {img['file_name']}: expected its PNG to be named "
                                   f"{img['file_name'].replace('.jpg', '.png')!r}, got {png!r}")
-        if decode(png_dir / png) != (img["width"], img["height"]):
+        if decode(png_dir / png, cache) != (img["width"], img["height"]):
             raise DataFormatError(f"{png_dir / png}: expected the image's size "
                                   f"{img['width']}x{img['height']}")
         ids = None
@@ -174,7 +185,7 @@ def check_panoptic(root: str, layout: CocoLayout, split: str) -> Path:
             if "iscrowd" not in seg:
                 seg["iscrowd"] = 0
                 completed = True
-    return completed_copy(ann, data) if completed else ann
+    return completed
 
 
 def check(spec: TaskSpec, root: str) -> None:

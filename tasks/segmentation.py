@@ -13,7 +13,7 @@ import numpy as np
 
 from catalog import Cell, TaskSpec
 
-from .common import MEAN, STD, adamw, backbone_cfg, loader, open_image, stage_dims
+from .common import MEAN, STD, CheckCache, adamw, backbone_cfg, loader, open_image, stage_dims
 from .registry import DataFormatError, Kind, register_kind
 
 # Per profile: crop, batch, iterations, warm-up, decoder width, whether to use the FCN aux head.
@@ -73,8 +73,9 @@ def _files(folder: Path, suffix: str) -> tuple[dict[str, Path], str]:
 
 def check(spec: TaskSpec, root: str) -> dict[str, str]:
     """Every image decodes and has a single-channel label map of its size with values in
-    [0, num_classes] (0 = ignored); no split is empty. Reads every file once. Returns the
-    suffixes as the files spell them, per split (``SPLIT``, ``SPLIT:labels``)."""
+    [0, num_classes] (0 = ignored); no split is empty. Reads every file once (a later check
+    skips the pairs unchanged since). Returns the suffixes as the files spell them, per split
+    (``SPLIT``, ``SPLIT:labels``)."""
     layout = spec.layout
     base = Path(root) / layout.base
     suffixes: dict[str, str] = {}
@@ -94,20 +95,28 @@ def check(spec: TaskSpec, root: str) -> dict[str, str]:
             unmatched = sorted(set(images) ^ set(labels))[:3]
             raise DataFormatError(f"{ann_dir}: {len(images)} images but {len(labels)} label maps "
                                   f"(unmatched: {unmatched})")
-        for stem in sorted(labels):
-            path, size = labels[stem], open_image(images[stem]).size
-            png = open_image(path)
-            if png.mode not in ("L", "P", "I;16", "I"):
-                raise DataFormatError(f"{path}: expected a single-channel label map (class ids), "
-                                      f"got mode {png.mode}")
-            label = np.asarray(png)
-            if (label.shape[1], label.shape[0]) != size:
-                raise DataFormatError(f"{path}: expected a map of the image's size {size}, got "
-                                      f"{label.shape[1]}x{label.shape[0]}")
-            if label.max() > layout.num_classes:
-                raise DataFormatError(f"{path}: label value {int(label.max())} outside "
-                                      f"0..{layout.num_classes} (0 = ignored)")
+        with CheckCache("segmentation", base) as cache:
+            for stem in sorted(labels):
+                if cache.get(images[stem], labels[stem]) is None:
+                    _check_pair(images[stem], labels[stem], layout.num_classes)
+                    cache.put(True, images[stem], labels[stem])
     return suffixes
+
+
+def _check_pair(image: Path, path: Path, num_classes: int) -> None:
+    """The image decodes; its label map is single-channel, of its size, in range."""
+    size = open_image(image).size
+    png = open_image(path)
+    if png.mode not in ("L", "P", "I;16", "I"):
+        raise DataFormatError(f"{path}: expected a single-channel label map (class ids), "
+                              f"got mode {png.mode}")
+    label = np.asarray(png)
+    if (label.shape[1], label.shape[0]) != size:
+        raise DataFormatError(f"{path}: expected a map of the image's size {size}, got "
+                              f"{label.shape[1]}x{label.shape[0]}")
+    if label.max() > num_classes:
+        raise DataFormatError(f"{path}: label value {int(label.max())} outside "
+                              f"0..{num_classes} (0 = ignored)")
 
 
 def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:

@@ -8,6 +8,20 @@ MICRO = {"swin": "swin-micro", "convnext": "convnext-micro", "vit": "vit-micro"}
 MICRO_INPUT = {"swin-micro": 64, "convnext-micro": 64, "vit-micro": 32}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory):
+    """Data checks and completed COCO copies go to a cache of the test session's own."""
+    import os
+
+    previous = os.environ.get("PARAX_BENCH_CACHE")
+    os.environ["PARAX_BENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("PARAX_BENCH_CACHE")
+    else:
+        os.environ["PARAX_BENCH_CACHE"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -285,3 +285,21 @@ def test_unmeasurable_metrics_are_left_out_and_the_primary_must_be_measured():
     assert kept == {"coco/bbox_mAP": 0.25} and unmeasured == ["coco/bbox_mAP_l"]
     with pytest.raises(ValueError, match="could not measure coco/bbox_mAP .*no ground truth"):
         measured(cell, {"coco/bbox_mAP": -1.0})
+
+
+def test_a_dataset_is_decoded_once_and_a_changed_file_again(tmp_path, copy, monkeypatch):
+    import tasks.segmentation as segmentation
+    from tasks import DataFormatError, check_dataset
+
+    data = copy("ade20k")
+    check_dataset("ade20k", data)
+    opened = []
+    real = segmentation.open_image
+    monkeypatch.setattr(segmentation, "open_image", lambda p: opened.append(p) or real(p))
+    check_dataset("ade20k", data)
+    assert opened == []  # every pair checked before and unchanged since
+    label = sorted((data / "ADEChallengeData2016/annotations/validation").glob("*.png"))[0]
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(label)
+    with pytest.raises(DataFormatError, match="label value 200"):
+        check_dataset("ade20k", data)
+    assert [p.name for p in opened] == [label.with_suffix(".jpg").name, label.name]
