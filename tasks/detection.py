@@ -136,7 +136,7 @@ def coco_config(spec: TaskSpec, cell: Cell, model: dict[str, Any], dataset: str,
         if seg_prefix:
             prefix["seg"] = seg_prefix.format(split=split)
         return loader(p["batch"] if train else 1,
-                      dict(type=dataset, data_root=root, ann_file=str(ann),
+                      dict(type=dataset, data_root=root, ann_file=str(ann.resolve()),
                            data_prefix=prefix,
                            filter_cfg=dict(filter_empty_gt=True, min_size=4) if train else None,
                            pipeline=train_pipeline if train else test_pipeline,

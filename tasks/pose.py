@@ -64,7 +64,7 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     def split_loader(split: str, ann: Path, train: bool) -> dict[str, Any]:
         return loader(p["batch"],
                       dict(type="CocoDataset", data_root=root, data_mode="topdown",
-                           ann_file=str(ann), data_prefix=dict(img=f"{split}/"),
+                           ann_file=str(ann.resolve()), data_prefix=dict(img=f"{split}/"),
                            pipeline=train_pipeline if train else val_pipeline,
                            test_mode=not train),
                       train, paper)

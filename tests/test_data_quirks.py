@@ -303,3 +303,13 @@ def test_a_dataset_is_decoded_once_and_a_changed_file_again(tmp_path, copy, monk
     with pytest.raises(DataFormatError, match="label value 200"):
         check_dataset("ade20k", data)
     assert [p.name for p in opened] == [label.with_suffix(".jpg").name, label.name]
+
+
+@pytest.mark.parametrize("task", ["coco_instance", "coco_panoptic", "coco_pose"])
+def test_coco_tasks_take_a_relative_data_root(tmp_path, copy, monkeypatch, task):
+    """As the pipeline passes them (data/mini/TASK): the loaders must not join the root twice."""
+    data = copy(task)
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--task", task, "--backbone", BACKBONE[task], "--method", "linear",
+                 "--data", data.name, "--out", "rel.json", "--iters", "1"])
+    assert code == 0 and (tmp_path / "rel.json").is_file()
