@@ -11,31 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from catalog import CocoLayout
 
-from .common import CheckCache, cache_dir, open_image
+from .common import CheckCache, cache_dir, open_image, write_atomic
 from .registry import DataFormatError
 
 
-@dataclass(frozen=True)
-class CocoSplit:
-    ann_file: Path  # what the loaders and the evaluator read (a completed copy if needed)
-    images: int
-    annotations: int
-
-
-def decode(path: Path, cache: CheckCache | None = None) -> tuple[int, int]:
-    """(width, height) of an image that decodes completely (any mode); ``cache``: files
-    decoded by an earlier check and unchanged since are not decoded again."""
-    if cache is not None and (known := cache.get(path)) is not None:
-        return tuple(known)
-    size = open_image(path).size
-    return size if cache is None else tuple(cache.put(list(size), path))
+def decode(path: Path, cache: CheckCache) -> tuple[int, int]:
+    """(width, height) of an image that decodes completely (any mode); an image decoded by
+    an earlier check and unchanged since is not decoded again."""
+    known = cache.get(path)
+    return tuple(known if known is not None else cache.put(list(open_image(path).size), path))
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -115,10 +104,11 @@ def _check_segmentation(seg: Any, where: str, img: dict) -> None:
         raise DataFormatError(f"{where}: expected polygons or an RLE, got {type(seg).__name__}")
 
 
-def check_split(root: str | os.PathLike, layout: CocoLayout, split: str, *,
+def check_split(root: str | Path, layout: CocoLayout, split: str, *,
                 allowed: Iterable[str] | None = None, masks: bool = False,
-                keypoints: int | None = None) -> CocoSplit:
-    """Check ``coco/annotations/{kind}_{split}.json`` and its images.
+                keypoints: int | None = None) -> Path:
+    """Check ``coco/annotations/{kind}_{split}.json`` and its images; return the file the
+    loaders and the evaluator read (a completed copy where the original leaves fields out).
 
     ``allowed``: the category names the model is built for; ``masks``: every annotation
     needs a segmentation (Mask R-CNN); ``keypoints``: every category and annotation has
@@ -177,8 +167,7 @@ def check_split(root: str | os.PathLike, layout: CocoLayout, split: str, *,
     if not annotations:
         raise DataFormatError(f"{ann}: no annotations: the split has no ground truth to train "
                               f"on or to score against")
-    path = completed_copy(ann, data) if completed else ann
-    return CocoSplit(path, len(imgs), len(annotations))
+    return completed_copy(ann, data) if completed else ann
 
 
 def completed_copy(ann: Path, data: dict[str, Any]) -> Path:
@@ -186,8 +175,5 @@ def completed_copy(ann: Path, data: dict[str, Any]) -> Path:
     digest = hashlib.sha256(ann.read_bytes()).hexdigest()[:16]
     out = cache_dir("coco") / f"{digest}-{ann.name}"
     if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(out)
+        write_atomic(out, json.dumps(data))
     return out

@@ -87,7 +87,7 @@ def coco_classes() -> tuple[str, ...]:
 def check_splits(spec: TaskSpec, root: str) -> list[Path]:
     """Both splits' annotation files (completed copies where needed), checked: COCO's class
     names, a mask for every object, every image decodes."""
-    return [check_split(root, spec.layout, split, allowed=coco_classes(), masks=True).ann_file
+    return [check_split(root, spec.layout, split, allowed=coco_classes(), masks=True)
             for split in spec.layout.splits]
 
 

@@ -22,7 +22,7 @@ PROFILES = {
 
 
 def check_splits(spec: TaskSpec, root: str) -> list[Path]:
-    return [check_split(root, spec.layout, split, keypoints=KEYPOINTS).ann_file
+    return [check_split(root, spec.layout, split, keypoints=KEYPOINTS)
             for split in spec.layout.splits]
 
 
