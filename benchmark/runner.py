@@ -26,9 +26,15 @@ from .io import write_json_atomic
 PACKAGES = ("torch", "timm", "mmengine", "mmcv", "mmsegmentation", "mmdet", "mmpose")
 
 
-def _register_exact_resume() -> None:
-    """An iteration loop whose resume continues every random stream where the checkpoint
-    left it, so an interrupted and resumed run ends with the same metrics as a straight one."""
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the run has no result worth recording."""
+
+
+def _register_hooks() -> None:
+    """The loop and hook every cell trains with: an iteration loop whose resume continues every
+    random stream where the checkpoint left it (an interrupted and resumed run ends with the
+    same metrics as a straight one), training time that a resume carries on from the
+    checkpoint, and a stop with :class:`TrainingDiverged` at the first non-finite loss."""
     import random
 
     import numpy as np
@@ -40,15 +46,34 @@ def _register_exact_resume() -> None:
         return
 
     @HOOKS.register_module()
-    class RNGStateHook(Hook):
-        """Saves the torch / numpy / random states with each checkpoint."""
+    class ResumeStateHook(Hook):
+        """Saves the torch / numpy / random states and the training time with each
+        checkpoint; checks every iteration's loss."""
+        priority = "NORMAL"  # before the checkpoint hook (VERY_LOW) in after_train_iter
+
+        def __init__(self) -> None:
+            self.train_time_s = 0.0
+            self._start = 0.0
+
+        def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+            runner.train_loop.pending_rng_state = checkpoint.get("rng_state")
+            self.train_time_s = float(checkpoint.get("train_time_s", 0.0))
+
+        def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+            self._start = time.perf_counter()
+
+        def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+            self.train_time_s += time.perf_counter() - self._start
+            loss = (outputs or {}).get("loss")
+            if loss is not None and not torch.isfinite(loss := torch.as_tensor(loss).detach()).all():
+                raise TrainingDiverged(
+                    f"training diverged: the loss is {loss.item()} at iteration {runner.iter + 1}"
+                    f" (lower the learning rate, or check the data)")
 
         def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
             checkpoint["rng_state"] = {"torch": torch.get_rng_state(),
                                        "numpy": np.random.get_state(), "random": random.getstate()}
-
-        def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-            runner.train_loop.pending_rng_state = checkpoint.get("rng_state")
+            checkpoint["train_time_s"] = self.train_time_s
 
     @LOOPS.register_module()
     class ExactResumeIterLoop(IterBasedTrainLoop):
@@ -195,10 +220,10 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
     if cell.smoke:
         smoke_config(cfg, kind_of(cell.task).smoke_batch)
     iteration_based = cfg["train_cfg"]["type"] == "IterBasedTrainLoop"
+    _register_hooks()
     if iteration_based:
-        _register_exact_resume()
         cfg["train_cfg"]["type"] = "ExactResumeIterLoop"
-        cfg.setdefault("custom_hooks", []).append(dict(type="RNGStateHook"))
+    cfg.setdefault("custom_hooks", []).append(dict(type="ResumeStateHook"))
     max_iters = cfg["train_cfg"].get("max_iters")
     cuda = torch.cuda.is_available()
     if launcher == "pytorch":
@@ -249,6 +274,8 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
         else:
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
     wall = time.monotonic() - start
+    # the training loop's own time, summed over the runs that trained it (a resume adds on)
+    train_time = next(h.train_time_s for h in runner.hooks if type(h).__name__ == "ResumeStateHook")
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     host = model.backbone.host
     device = "cuda" if cuda else "cpu"
@@ -260,6 +287,7 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
         "trainable_backbone_params": host.num_trainable(),
         "trainable_params": sum(p.numel() for p in runner.model.parameters() if p.requires_grad),
         "wall_time_s": round(wall, 2),
+        "train_time_s": round(train_time, 2),
         "peak_memory_mb": round(
             torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -305,7 +333,7 @@ def train(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
     """:func:`run_cell` as a command: a one-line summary, or one error line and exit 2."""
     try:
         result = run_cell(cell, out, work_dir, launcher=launcher)
-    except (KeyError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
+    except (KeyError, ValueError, FileNotFoundError, TrainingDiverged) as exc:  # CheckpointError: ValueError
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"parax-bench: error: {message}", file=sys.stderr)
         return 2

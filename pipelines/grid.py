@@ -4,7 +4,7 @@
 (``dense``, ``classification``, ``pose``, ``remote_sensing``) are products of tasks x
 backbones x methods x seeds, one per paper table family; ``ablation`` runs ParaX variants
 (named in the top-level ``ablations``; the method benchmark/paper_tables.yaml names) on one
-(task, backbone). The methods are every
+(task, backbone), with its own ``seeds`` if it names them. The methods are every
 registered method but those the profile excludes (``exclude``), in the order of the
 top-level ``methods`` overrides, then by name.
 """
@@ -83,7 +83,7 @@ def expand(params: dict[str, Any], methods: list[str] | None = None) -> list[Cel
         if variant not in params["ablations"]:
             raise ValueError(f"grid.ablation.variants names '{variant}', which is not in "
                              f"ablations: {', '.join(params['ablations'])}")
-        for seed in grid["seeds"]:
+        for seed in ablation.get("seeds", grid["seeds"]):
             cells.append(_cell(params, ablation["task"], ablation["backbone"], method, seed,
                                variant))
     return cells

@@ -107,6 +107,26 @@ def test_kill_after_checkpoint_and_resume_gives_identical_metrics(tmp_path, data
     assert len(list(work.glob(f"{other['config_hash']}-*/iter_20.pth"))) == 1
 
 
+def test_training_time_is_the_original_runs_after_a_resume(tmp_path, data):
+    work = tmp_path / "timed.work"
+    first, _ = train(tmp_path, "cifar100", data["cifar100"], iters=6, name="timed", work_dir=work)
+    assert 0 < first["train_time_s"] <= first["wall_time_s"]
+    # Run again: it resumes from its final checkpoint, trains nothing and keeps the time.
+    again, _ = train(tmp_path, "cifar100", data["cifar100"], iters=6, name="timed", work_dir=work)
+    assert again["train_time_s"] == first["train_time_s"]
+    assert again["metrics"] == first["metrics"]
+
+
+def test_a_diverging_run_stops_with_an_error_and_writes_no_result(tmp_path, data, monkeypatch):
+    import tasks.classification as classification
+
+    monkeypatch.setitem(classification.PROFILES, "mini",
+                        {**classification.PROFILES["mini"], "lr": 1e12, "warmup": 0.0})
+    with pytest.raises(runner_module.TrainingDiverged, match=r"the loss is (nan|inf) at iteration \d+"):
+        train(tmp_path, "cifar100", data["cifar100"], iters=10, name="diverged")
+    assert not (tmp_path / "diverged.json").exists()
+
+
 def _copy(src, dst):
     shutil.copytree(src, dst)
     return dst

@@ -93,14 +93,16 @@ class SceneObject:
 
 def draw_scene(rng: np.random.Generator, height: int, width: int, styles: list[ClassStyle],
                stuff: list[int], things: list[int], max_objects: int = 4,
-               keypoint_angles: tuple[float, ...] = ()) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
+               keypoint_angles: tuple[float, ...] = (), min_objects: int = 1,
+               object_scale: tuple[float, float] = (0.12, 0.3)) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
     """An image (H, W, 3) uint8, its label map (H, W) int (-1 = unlabelled) and the objects.
 
     Stuff classes fill the frame in bands/blobs; objects of thing classes are pasted on top
     (later objects occlude earlier ones). Keypoint k of an object sits at image-frame angle
     ``keypoint_angles[k]`` on the ellipse through its extent, so mirrored angles make
     left/right keypoint pairs that swap under a horizontal flip; visibility 1 (occluded)
-    where the point is off the object's visible mask, else 2.
+    where the point is off the object's visible mask, else 2. ``object_scale``: the range of
+    an object's radii as fractions of the frame.
     """
     image = np.zeros((height, width, 3), np.float32)
     labels = np.full((height, width), -1, np.int64)
@@ -117,10 +119,11 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, styles: list[C
         image[region] = _texture(styles[cls], height, width, rng)[region]
         labels[region] = cls
     objects: list[SceneObject] = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
+    lo, hi = object_scale
+    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         cls = int(rng.choice(things))
         style = styles[cls]
-        ry, rx = rng.uniform(0.12, 0.3) * height, rng.uniform(0.12, 0.3) * width
+        ry, rx = rng.uniform(lo, hi) * height, rng.uniform(lo, hi) * width
         cy, cx = rng.uniform(ry, height - ry), rng.uniform(rx, width - rx)
         angle = rng.uniform(0, 2 * np.pi)
         mask = shape_mask(style.shape, height, width, cy, cx, ry, rx, angle)

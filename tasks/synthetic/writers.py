@@ -39,6 +39,7 @@ def write_segmentation(base: Path, seed: int, splits: dict[str, int], size: int,
 # the first CLASSIFICATION_CLASSES classes of each dataset's label space.
 CLASSIFICATION_CLASSES = 10
 _CLS_STUFF = [200, 201, 202, 203]  # style indices reserved for backgrounds
+_CLS_OBJECT_SCALE = (0.25, 0.42)  # the object fills much of the frame, as in object-centric sets
 
 
 def _object_images(seed: int, count: int, size: int, num_classes: int = CLASSIFICATION_CLASSES,
@@ -46,7 +47,8 @@ def _object_images(seed: int, count: int, size: int, num_classes: int = CLASSIFI
     styles = class_styles(204, seed=style_seed)
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, size=count)
-    images = np.stack([draw_scene(rng, size, size, styles, _CLS_STUFF, [int(c)], max_objects=1)[0]
+    images = np.stack([draw_scene(rng, size, size, styles, _CLS_STUFF, [int(c)], max_objects=1,
+                                  object_scale=_CLS_OBJECT_SCALE)[0]
                        for c in labels]) if count else np.zeros((0, size, size, 3), np.uint8)
     return images, labels
 
