@@ -1,5 +1,6 @@
 """Aggregation of cell results: mean ± std over seeds in the paper's table layouts, the paper's
-figures beside ours, a cross-task mean rank, params-vs-score points, provenance.
+figures beside ours, paired per-seed differences with confidence intervals, whether the
+methods separate beyond seed noise, a cross-task mean rank, params-vs-score points, provenance.
 
 Generic builders: which tables exist and their titles come from benchmark/paper_tables.yaml,
 a task's metrics (key, column, scale, direction) and paper table from its spec (catalog), a
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+from scipy import stats
 
 from catalog import Cell, Metric, get_backbone, get_task
 from methods import get_method
@@ -65,6 +67,35 @@ def _number(value: float | None, digits: int = 1) -> dict[str, Any]:
     return {"text": f"{value:.{digits}f}", "value": float(value)}
 
 
+def paired_difference(scores: dict[int, float], reference: dict[int, float],
+                      level: float = 0.95) -> dict[str, Any] | None:
+    """Mean of the per-seed differences ``scores - reference`` over the seeds both ran, and
+    its ``level`` confidence interval (Student's t over those seeds; none for one seed)."""
+    seeds = sorted(set(scores) & set(reference))
+    if not seeds:
+        return None
+    d = pd.Series([scores[s] - reference[s] for s in seeds], dtype=float)
+    out = {"mean": float(d.mean()), "n": len(d), "low": None, "high": None, "significant": None}
+    if len(d) > 1:
+        half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / len(d) ** 0.5)
+        out.update(low=out["mean"] - half, high=out["mean"] + half,
+                   significant=not (out["mean"] - half <= 0.0 <= out["mean"] + half))
+    return out
+
+
+def _difference_cell(diff: dict[str, Any] | None, digits: int = 1) -> dict[str, Any]:
+    if diff is None:
+        return {"text": "-", "value": None}
+    text = f"{diff['mean']:+.{digits}f}"
+    if diff["low"] is not None:
+        text += f" [{diff['low']:+.{digits}f}, {diff['high']:+.{digits}f}]"
+        if not diff["significant"]:
+            text += " n.s."
+    return {"text": text, "value": round(diff["mean"], 4), "n": diff["n"],
+            **({"cls": "ns"} if diff["significant"] is False else {}),
+            "interval": [diff["low"], diff["high"]], "significant": diff["significant"]}
+
+
 class Aggregator:
     def __init__(self, params: dict[str, Any], runs: list[Run], methods: list[str],
                  efficiency: dict[str, Any] | None = None):
@@ -82,6 +113,11 @@ class Aggregator:
     def _scores(self, runs: list[Run], metric: Metric) -> tuple[list[float], list[str]]:
         ok = [r for r in runs if r.applicable and metric.key in r.result["metrics"]]
         return [r.result["metrics"][metric.key] * metric.scale for r in ok], [r.cell.id for r in ok]
+
+    def _by_seed(self, task: str, backbone: str, method: str, metric: Metric) -> dict[int, float]:
+        runs = [r for r in self._runs(task, backbone, method)
+                if r.applicable and metric.key in r.result["metrics"]]
+        return {r.cell.seed: r.result["metrics"][metric.key] * metric.scale for r in runs}
 
     def _params_m(self, runs: list[Run]) -> dict[str, Any]:
         counts = {r.result["trainable_backbone_params"] for r in runs if r.applicable}
@@ -131,7 +167,7 @@ class Aggregator:
             for metric in spec.metrics:
                 name = metric.label
                 columns.append({"key": f"{key0}:{name}", "label": name, "numeric": True,
-                                "group": group})
+                                "group": group, "best": "max" if metric.higher_is_better else "min"})
                 columns.append({"key": f"{key0}:{name}:reported", "label": f"{name} (paper{ref})",
                                 "numeric": True, "group": group, "reported": True})
             for row, method in zip(rows, methods):
@@ -147,7 +183,20 @@ class Aggregator:
                     reported_params = reported_params if p is None else p
                 row[f"{key0}:params_m:reported"] = _number(reported_params)
         return {"id": f"table{table}", "title": f"Table {table}: {title}", "kind": "comparison",
-                "columns": columns, "rows": rows}
+                "caption": self._note(pairs), "columns": columns, "rows": rows}
+
+    def _note(self, pairs: list[tuple[str, str]]) -> str:
+        """What a comparison table's numbers are: how many seeds, on what data and backbone."""
+        seeds = sorted({r.cell.seed for r in self.runs if (r.cell.task, r.cell.backbone) in pairs
+                        and r.cell.variant is None})
+        backbones = ", ".join(sorted({b for _, b in pairs}))
+        text = (f"Mean ± std over n = {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+                f"({', '.join(map(str, seeds))}); the best mean per column in bold.")
+        if self.params["grid"]["profile"] == "mini":
+            text += (f" Synthetic data in the datasets' real formats, {backbones} pretrained "
+                     f"here on a synthetic source task, short CPU schedules: the paper columns "
+                     f"are the full-size backbones' figures, for reference only.")
+        return text
 
     def ablation(self, table: str) -> dict[str, Any] | None:
         spec = self.params["grid"]["ablation"]
@@ -188,6 +237,72 @@ class Aggregator:
         return {"id": f"table{table}", "title": f"Table {table}: {layout['title']} "
                                                 f"({method_label(method)} on {task}, {backbone})",
                 "kind": "ablation", "columns": columns, "rows": rows}
+
+    def baselines(self) -> list[str]:
+        """The methods compared with the paper's: every grid method but it and full tuning."""
+        return [m for m in self.methods if m not in ("full", ablation_method())]
+
+    def differences(self, table: str, title: str, tasks: list[str]) -> dict[str, Any] | None:
+        """Each method's paired per-seed difference to full fine-tuning and to the best
+        baseline (highest mean among :meth:`baselines`) on each task's primary metric, with a
+        95% interval; an interval that holds 0 is marked not significant (n.s.)."""
+        pairs = [(t, b) for t, b in self.groups() if t in tasks]
+        if not pairs or "full" not in self.methods:
+            return None
+        columns = [{"key": "method", "label": "Method", "numeric": False}]
+        rows = [{"method": {"text": method_label(m), "value": method_label(m)}} for m in self.methods]
+        for task, backbone in pairs:
+            metric = get_task(task).primary
+            scores = {m: self._by_seed(task, backbone, m, metric) for m in self.methods}
+            sign = 1 if metric.higher_is_better else -1
+            ranked = [m for m in self.baselines() if scores[m]]
+            best = max(ranked, key=lambda m: sign * sum(scores[m].values()) / len(scores[m]),
+                       default=None)
+            group = f"{get_task(task).paper_dataset} {backbone} ({metric.label})"
+            references = [("full", "Full")] + ([(best, method_label(best))] if best else [])
+            for ref, label in references:
+                key = f"{task}:{backbone}:vs:{ref}"
+                columns.append({"key": key, "label": f"Δ vs {label} [95% CI]", "numeric": True,
+                                "group": group})
+                for row, m in zip(rows, self.methods):
+                    row[key] = (_difference_cell(paired_difference(scores[m], scores[ref]))
+                                if m != ref else {"text": "reference", "value": None})
+        separation = "; ".join(
+            f"{s['task']} {s['backbone']}: spread {s['spread']:.1f}, median seed std "
+            f"{s['median_std']:.2f} ({'≥' if s['separated'] else '<'} 2×)"
+            for s in self.separation() if (s["task"], s["backbone"]) in pairs)
+        return {"id": f"table{table}-differences", "kind": "differences",
+                "title": f"Table {table}: paired differences ({title})",
+                "caption": "Per-seed paired differences on the primary metric (positive: better "
+                           "than the reference), mean and 95% interval (Student's t over the "
+                           "seeds); n.s.: the interval holds 0. The best baseline is the "
+                           f"highest mean among {', '.join(map(method_label, self.baselines()))}."
+                           + (f" Separation (spread of the PEFT methods' means against their "
+                              f"median seed std): {separation}." if separation else ""),
+                "columns": columns, "rows": rows}
+
+    def separation(self) -> list[dict[str, Any]]:
+        """Per (task, backbone): the spread (max - min) of the PEFT methods' mean primary
+        scores (every method but full tuning) and the median of their seed stds; separated
+        when the spread is at least twice that median."""
+        out = []
+        for task, backbone in self.groups():
+            metric = get_task(task).primary
+            means, stds = [], []
+            for m in self.methods:
+                scores = list(self._by_seed(task, backbone, m, metric).values())
+                if m == "full" or not scores:
+                    continue
+                means.append(sum(scores) / len(scores))
+                if len(scores) > 1:
+                    stds.append(float(pd.Series(scores).std(ddof=1)))
+            if len(means) < 2 or not stds:
+                continue
+            spread, median = max(means) - min(means), float(pd.Series(stds).median())
+            out.append({"task": task, "backbone": backbone, "metric": metric.label,
+                        "spread": round(spread, 4), "median_std": round(median, 4),
+                        "separated": spread >= 2 * median})
+        return out
 
     def rank(self) -> dict[str, Any] | None:
         """Mean rank of each method by its task's primary metric over the (task, backbone)
@@ -254,13 +369,15 @@ class Aggregator:
                         "dirty": res.get("git", {}).get("dirty"),
                         "device": res.get("device", "n/a (not applicable)"),
                         "date": res.get("finished_at"), "wall_time_s": res.get("wall_time_s"),
+                        "train_time_s": res.get("train_time_s"),
                         "result_file": r.path.as_posix()})
         return out
 
     def tables(self) -> dict[str, Any]:
         profile = self.params["grid"]["profile"]
-        sections = [self.comparison(t, title, tasks)
-                    for t, (title, tasks) in comparison_tables().items()]
+        sections = [section for t, (title, tasks) in comparison_tables().items()
+                    for section in (self.comparison(t, title, tasks),
+                                    self.differences(t, title, tasks))]
         sections.append(self.rank())
         sections += [self.ablation(t) for t in ablation_tables()]
         if self.efficiency_result is not None:
@@ -273,7 +390,8 @@ class Aggregator:
         return {"profile": profile, "synthetic": synthetic,
                 "generated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "note": note, "sections": [s for s in sections if s is not None],
-                "pareto": self.pareto(), "provenance": self.provenance()}
+                "separation": self.separation(), "pareto": self.pareto(),
+                "provenance": self.provenance()}
 
 
 def efficiency_section(result: dict[str, Any]) -> dict[str, Any]:

@@ -71,8 +71,10 @@ def _number(value: Any) -> float | None:
 
 
 def _cell(cell: dict | None, numeric: bool, cls: str) -> dict:
-    """View model of one ``<td>``: numeric cells keep their value for sorting (data-value)."""
+    """View model of one ``<td>``: numeric cells keep their value for sorting (data-value);
+    a cell's own ``cls`` (``ns``: not significant) adds to its column's."""
     cell = cell or {}
+    cls = " ".join(c for c in (cls, cell.get("cls", "")) if c)
     value = _number(cell.get("value")) if numeric else cell.get("value", cell.get("text"))
     if value is None:
         return {"text": MISSING, "value": None, "cls": f"{cls} missing".strip(), "title": None,
@@ -111,6 +113,13 @@ def _table(columns: list[dict], rows: list[dict]) -> dict:
         head = [top, bottom]
     body = [[_cell(row.get(col["key"]), leaf["numeric"], leaf["cls"])
              for col, leaf in zip(columns, leaves)] for row in rows]
+    for i, col in enumerate(columns):  # ``best``: "max" or "min" marks that column's best
+        values = [r[i]["value"] for r in body if r[i]["value"] is not None]
+        if col.get("best") in ("max", "min") and len(values) > 1:
+            best = max(values) if col["best"] == "max" else min(values)
+            for r in body:
+                if r[i]["value"] == best:
+                    r[i]["cls"] += " best"
     return {"head": head, "rows": body}
 
 
@@ -201,6 +210,7 @@ def _provenance(entries: list[dict], out_dir: Path) -> dict:
     columns = [{"key": "cell", "label": "Cell"}, {"key": "seed", "label": "Seed", "numeric": True},
                {"key": "commit", "label": "Commit"}, {"key": "device", "label": "Device"},
                {"key": "date", "label": "Date"},
+               {"key": "train_time_s", "label": "Train time (s)", "numeric": True},
                {"key": "wall_time_s", "label": "Wall time (s)", "numeric": True},
                {"key": "result_file", "label": "Result file"}]
     rows = []
@@ -209,8 +219,9 @@ def _provenance(entries: list[dict], out_dir: Path) -> dict:
         if e.get("commit"):
             row["commit"] = {"value": e["commit"],
                              "text": e["commit"][:8] + (" (dirty)" if e.get("dirty") else "")}
-        if e.get("wall_time_s") is not None:
-            row["wall_time_s"] = {"value": e["wall_time_s"], "text": f"{e['wall_time_s']:.1f}"}
+        for key in ("train_time_s", "wall_time_s"):
+            if e.get(key) is not None:
+                row[key] = {"value": e[key], "text": f"{e[key]:.1f}"}
         if e.get("result_file"):
             href = os.path.relpath(os.path.abspath(e["result_file"]), os.path.abspath(out_dir))
             row["result_file"] = {"value": e["result_file"], "href": Path(href).as_posix()}

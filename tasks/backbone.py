@@ -38,5 +38,8 @@ class ParaXBackbone(BaseModule):
         """Weights come from the constructor (random or pretrained) and the method's init."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Stage outputs as contiguous NCHW tensors: the hosts return channels-last views,
+        and mmcv's compiled ops (RoIAlign under every RoI head) read their input's memory as
+        NCHW whatever its strides, so a view would hand them scrambled features."""
         feats = self.host.forward_features(x)
-        return tuple(feats[i] for i in self.out_indices)
+        return tuple(feats[i].contiguous() for i in self.out_indices)

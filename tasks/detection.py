@@ -15,7 +15,7 @@ from .common import adamw, backbone_cfg, loader, stage_dims, warmup_multistep
 from .registry import Kind, register_kind
 
 PROFILES = {
-    "mini": dict(scale=(128, 128), batch=2, iters=100, warmup=10, width=64, fc=256, lr=2e-4),
+    "mini": dict(scale=(128, 128), batch=2, iters=150, warmup=15, width=64, fc=256, lr=2e-3),
     # spec §5: Mask R-CNN 1x, 1333x800, batch 16, AdamW lr 1e-4 / wd 0.05, steps at 8 and 11.
     "paper": dict(scale=(1333, 800), batch=16, epochs=12, warmup=500, width=256, fc=1024, lr=1e-4),
 }

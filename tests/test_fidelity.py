@@ -76,6 +76,29 @@ def test_swin_host_equals_openmmlab_swin(kind, size):
         assert diff < 1e-5, f"stage {i} {tuple(a.shape)}: max |diff| {diff:.2e}"
 
 
+@pytest.mark.parametrize("backbone", ["swin-micro", "convnext-micro"])
+def test_roi_heads_read_the_features_the_backbone_computed(backbone):
+    """mmcv's RoIAlign (under every RoI head: Mask R-CNN, Panoptic FPN) reads its input's
+    memory as contiguous NCHW whatever the strides; the hosts compute channels-last, so the
+    OpenMMLab backbone must hand over contiguous tensors. Reference: torchvision's RoIAlign,
+    which honours strides."""
+    import torchvision
+    from mmcv.ops import RoIAlign
+
+    from tasks.backbone import ParaXBackbone
+
+    torch.manual_seed(0)
+    model = ParaXBackbone(backbone, "linear", "coco_instance").eval()
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    rois = torch.tensor([[0, 4.0, 6.0, 40.0, 50.0], [0, 20.0, 2.0, 90.0, 60.0]])
+    with torch.no_grad():
+        feats = model(x)
+    for feat, stride in zip(feats, (4, 8, 16, 32)):
+        ours = RoIAlign((7, 7), 1 / stride, 0, aligned=True)(feat, rois)
+        reference = torchvision.ops.roi_align(feat, rois, (7, 7), 1 / stride, 0, aligned=True)
+        assert float((ours - reference).abs().max()) < 1e-5, f"stride {stride}"
+
+
 def test_swin_host_differs_from_timms_window_order_where_it_should():
     """The check above has teeth: timm's own block (shift, then pad) gives other numbers at a
     size whose stages need padding, and the same numbers where none does."""
