@@ -106,9 +106,13 @@ class Aggregator:
         self.reported = reported_table()
 
     # -- lookups -----------------------------------------------------------------------
-    def _runs(self, task: str, backbone: str, method: str, variant: str | None = None) -> list[Run]:
-        return [r for r in self.runs if (r.cell.task, r.cell.backbone, r.cell.method,
-                                         r.cell.variant) == (task, backbone, method, variant)]
+    def _runs(self, task: str, backbone: str, method: str, variant: str | None = None,
+              budget: str | None = None) -> list[Run]:
+        """The runs of a grid cell over its seeds (``budget``: of a sweep point instead)."""
+        return [r for r in self.runs
+                if (r.cell.task, r.cell.backbone, r.cell.method, r.cell.variant, r.cell.sweep)
+                == (task, backbone, method, variant, budget is not None)
+                and (budget is None or r.cell.budget == budget)]
 
     def _scores(self, runs: list[Run], metric: Metric) -> tuple[list[float], list[str]]:
         ok = [r for r in runs if r.applicable and metric.key in r.result["metrics"]]
@@ -140,7 +144,7 @@ class Aggregator:
         """(task, backbone) pairs of the comparison grid, in grid order."""
         seen: dict[tuple[str, str], None] = {}
         for r in self.runs:
-            if r.cell.variant is None:
+            if r.cell.variant is None and not r.cell.sweep:
                 seen[(r.cell.task, r.cell.backbone)] = None
         return list(seen)
 
@@ -339,21 +343,27 @@ class Aggregator:
                            "it ran in, averaged.", "columns": columns, "rows": rows}
 
     def pareto(self) -> list[dict[str, Any]]:
+        """Per (task, backbone): each method's (params, mean ± std score) at the grid's budget
+        and at every budget a sweep ran it at, as one series per method."""
         out = []
         for task, backbone in self.groups():
             metric = get_task(task).primary
             points = []
             for m in self.methods:
-                runs = self._runs(task, backbone, m)
-                scores, _ = self._scores(runs, metric)
-                if not scores:
-                    continue
-                s = pd.Series(scores, dtype=float)
-                points.append({"method": m, "label": method_label(m),
-                               "params_m": self._params_m(runs)["value"],
-                               "score": round(float(s.mean()), 4),
-                               "std": round(float(s.std(ddof=1)), 4) if len(s) > 1 else 0.0,
-                               "n": len(s)})
+                budgets = sorted({r.cell.budget for r in self.runs if r.cell.sweep and
+                                  (r.cell.task, r.cell.backbone, r.cell.method) == (task, backbone, m)})
+                for budget in [None, *budgets]:
+                    runs = self._runs(task, backbone, m, budget=budget)
+                    scores, _ = self._scores(runs, metric)
+                    if not scores:
+                        continue
+                    s = pd.Series(scores, dtype=float)
+                    points.append({"method": m, "label": method_label(m),
+                                   "budget": budget or self.params["grid"]["budget"],
+                                   "params_m": self._params_m(runs)["value"],
+                                   "score": round(float(s.mean()), 4),
+                                   "std": round(float(s.std(ddof=1)), 4) if len(s) > 1 else 0.0,
+                                   "n": len(s)})
             out.append({"id": f"pareto-{task}-{backbone}", "task": task, "backbone": backbone,
                         "metric": metric.label, "points": points})
         return out
@@ -364,6 +374,7 @@ class Aggregator:
             res = r.result
             out.append({"cell": r.cell.id, "task": r.cell.task, "backbone": r.cell.backbone,
                         "method": r.cell.method, "variant": r.cell.variant, "seed": r.cell.seed,
+                        "budget": r.cell.budget,
                         "profile": res["cell"]["profile"],
                         "commit": res.get("git", {}).get("commit"),
                         "dirty": res.get("git", {}).get("dirty"),

@@ -22,6 +22,11 @@ from .reported import reported_params_m
 _NUMBER = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:e(\d+))?([kKmM]?)$")
 
 
+
+
+class BudgetOutOfRange(ValueError):
+    """No width of the method's knob gives the budget's count on that backbone."""
+
 @dataclass(frozen=True)
 class Budget:
     kind: str  # absolute | fraction | match | paper
@@ -103,9 +108,9 @@ def solve(method: str, backbone: str, task: str, target: int,
             cache[i] = (inst, count_trainable(backbone, inst, task))
         return cache[i][1]
 
-    def out_of_range() -> ValueError:
+    def out_of_range() -> BudgetOutOfRange:
         low, high = at(0), at(steps)
-        return ValueError(
+        return BudgetOutOfRange(
             f"budget {target / 1e6:.3f}M is outside what {method} reaches on {backbone}: "
             f"{low / 1e6:.3f}M ({name}={value(0)}) to {high / 1e6:.3f}M ({name}={value(steps)})")
 

@@ -22,9 +22,13 @@ DATA_FILES = (TEMPLATES,)
 DEFAULT_OUT = Path("results/leaderboard/index.html")
 MISSING = "–"
 
-# Pareto plot geometry (SVG user units): canvas size and the plot area's margins.
-WIDTH, HEIGHT = 720, 400
-LEFT, RIGHT, TOP, BOTTOM = 64, 24, 16, 52
+# Pareto plot geometry (SVG user units): canvas size, the plot area's margins (the legend
+# sits in the right one, one row per method) and the series colours (Tableau 10).
+WIDTH, HEIGHT = 820, 400
+LEFT, RIGHT, TOP, BOTTOM = 64, 170, 16, 52
+LEGEND_ROW = 18
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def _require(obj: Any, keys: Sequence[str], where: str) -> None:
@@ -144,8 +148,11 @@ def _fmt(value: float) -> str:
 def _pareto(plot: dict) -> dict:
     """SVG geometry of one Pareto plot; points with a missing number are left out.
 
-    The x axis (trainable params, M) is logarithmic when the points span more than a decade.
-    The front holds the points that score more than every point with fewer or equal params.
+    Points of one method (its budgets) form one series: a line through them by params, a
+    colour of its own and a legend row; no text sits beside a point, so nothing overlaps
+    (each point's figures are its tooltip). The x axis (trainable params, M) is logarithmic
+    when the points span more than a decade. The front holds the points that score more
+    than every point with fewer or equal params.
     """
     pts = [p for p in plot["points"]
            if (_number(p["params_m"]) or 0) > 0 and _number(p["score"]) is not None]
@@ -178,25 +185,34 @@ def _pareto(plot: dict) -> dict:
         if ys[i] > best:
             front.append(i)
             best = ys[i]
-    points = []
-    for i, p in enumerate(pts):
-        x, label = sx(xs[i]), str(p.get("label", p.get("method", "")))
-        title = f"{label}: {_fmt(ys[i])}" + (f" ± {_fmt(stds[i])}" if bars[i] else "")
-        title += f" at {_fmt(xs[i])} M params" + (f", n={p['n']}" if "n" in p else "")
-        points.append({
-            "x": x, "y": sy(ys[i]), "label": label, "front": i in front, "title": title,
-            "err": (sy(ys[i] + stds[i]), sy(ys[i] - stds[i])) if bars[i] else None,
-            "anchor": "end" if x > WIDTH - RIGHT - 80 else "start",
-        })
+    names = list(dict.fromkeys(str(p.get("method", p.get("label", ""))) for p in pts))
+    series = []
+    for k, name in enumerate(names):
+        members = sorted((i for i, p in enumerate(pts)
+                          if str(p.get("method", p.get("label", ""))) == name), key=lambda i: xs[i])
+        label = str(pts[members[0]].get("label", name))
+        points = []
+        for i in members:
+            p = pts[i]
+            title = f"{label}: {_fmt(ys[i])}" + (f" ± {_fmt(stds[i])}" if bars[i] else "")
+            title += f" at {_fmt(xs[i])} M params" + (f", n={p['n']}" if "n" in p else "")
+            title += f" (budget {p['budget']})" if p.get("budget") else ""
+            points.append({"x": sx(xs[i]), "y": sy(ys[i]), "front": i in front, "title": title,
+                           "err": (sy(ys[i] + stds[i]), sy(ys[i] - stds[i])) if bars[i] else None})
+        series.append({"name": name, "label": label, "colour": PALETTE[k % len(PALETTE)],
+                       "points": points,
+                       "line": " ".join(f"{q['x']},{q['y']}" for q in points) if len(points) > 1
+                       else None,
+                       "legend": {"x": WIDTH - RIGHT + 16, "y": TOP + 8 + k * LEGEND_ROW}})
     return {
-        "id": plot["id"], "width": WIDTH, "height": HEIGHT,
+        "id": plot["id"], "width": WIDTH, "height": max(HEIGHT, TOP + 16 + len(names) * LEGEND_ROW),
         "title": " / ".join(str(plot[k]) for k in ("task", "backbone") if plot.get(k))
                  + f" ({plot['metric']})",
         "box": {"x0": LEFT, "x1": WIDTH - RIGHT, "y0": TOP, "y1": HEIGHT - BOTTOM},
         "xticks": [{"pos": sx(t), "text": _fmt(t)} for t in _ticks(xlo, xhi, log)],
         "yticks": [{"pos": sy(t), "text": _fmt(t)} for t in _ticks(ylo, yhi, False)],
         "xlabel": "Trainable params (M" + (", log scale)" if log else ")"),
-        "ylabel": str(plot["metric"]), "points": points, "log": log,
+        "ylabel": str(plot["metric"]), "series": series, "log": log,
         "line": " ".join(f"{sx(xs[i])},{sy(ys[i])}" for i in front),
     }
 

@@ -23,6 +23,7 @@ class Cell:
     pretrained: str | None = None
     iters: int | None = None  # overrides the profile's schedule length
     smoke: bool = False  # the profile's model, pipelines and evaluator, two steps (runner.py)
+    sweep: bool = False  # a point of a budget sweep: its budget is not the grid's, and its id says it
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -30,17 +31,24 @@ class Cell:
 
     @property
     def id(self) -> str:
-        """The result file's stem: task.backbone.method[~variant].sSEED."""
-        method = self.method if self.variant is None else f"{self.method}~{self.variant}"
+        """The result file's stem: task.backbone.method[~variant|~BUDGET].sSEED (a sweep
+        point's budget with % written pct: ``lora~3pct``)."""
+        method = self.method
+        if self.variant is not None:
+            method += f"~{self.variant}"
+        elif self.sweep:
+            method += "~" + str(self.budget).replace("%", "pct")
         return f"{self.task}.{self.backbone}.{method}.s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The result file's ``cell`` record (no ``variant`` / ``smoke`` keys where unset)."""
+        """The result file's ``cell`` record (no ``variant`` / ``smoke`` / ``sweep`` keys
+        where unset)."""
         out = asdict(self)
         if out["variant"] is None:
             del out["variant"]
-        if not out["smoke"]:
-            del out["smoke"]
+        for flag in ("smoke", "sweep"):
+            if not out[flag]:
+                del out[flag]
         return out
 
     @classmethod

@@ -4,7 +4,8 @@
 (``dense``, ``classification``, ``pose``, ``remote_sensing``) are products of tasks x
 backbones x methods x seeds, one per paper table family; ``ablation`` runs ParaX variants
 (named in the top-level ``ablations``; the method benchmark/paper_tables.yaml names) on one
-(task, backbone), with its own ``seeds`` if it names them. The methods are every
+(task, backbone), with its own ``seeds`` if it names them; ``sweep`` sizes every method with a
+width knob to more budgets on some (task, backbone) pairs (the params-vs-score curves). The methods are every
 registered method but those the profile excludes (``exclude``), in the order of the
 top-level ``methods`` overrides, then by name.
 """
@@ -48,11 +49,12 @@ def grid_methods(params: dict[str, Any]) -> list[str]:
 
 
 def _cell(params: dict[str, Any], task: str, backbone: str, method: str, seed: int,
-          variant: str | None = None) -> Cell:
+          variant: str | None = None, budget: str | None = None) -> Cell:
     grid = params["grid"]
     return Cell(task=task, backbone=backbone, method=method, seed=seed, variant=variant,
                 profile=grid["profile"], options=dict(params["methods"].get(method) or {}),
-                budget=grid["budget"], data_root=str(Path(grid["data_root"]) / task),
+                budget=budget or grid["budget"], sweep=budget is not None,
+                data_root=str(Path(grid["data_root"]) / task),
                 pretrained=str(Path(grid["pretrained_root"]) / f"{backbone}.pth"),
                 iters=(grid["tasks"].get(task) or {}).get("iters"))
 
@@ -86,7 +88,21 @@ def expand(params: dict[str, Any], methods: list[str] | None = None) -> list[Cel
         for seed in ablation.get("seeds", grid["seeds"]):
             cells.append(_cell(params, ablation["task"], ablation["backbone"], method, seed,
                                variant))
+    cells += sweep_cells(params, methods)
     return cells
+
+
+def sweep_cells(params: dict[str, Any], methods: list[str]) -> list[Cell]:
+    """The profile's ``sweep``: every method with a width knob at each of its ``budgets``
+    beside the grid's own, on each of its (task, backbone) pairs, for its ``seeds``."""
+    from methods import get_method
+
+    sweep = params["grid"].get("sweep") or {}
+    knobbed = [m for m in methods if get_method(m).config_class.budget_knob() is not None]
+    return [_cell(params, task, backbone, method, seed, budget=budget)
+            for task in sweep.get("tasks", []) for backbone in sweep.get("backbones", [])
+            for method in knobbed for budget in sweep.get("budgets", [])
+            for seed in sweep.get("seeds", params["grid"]["seeds"])]
 
 
 def resolve(params: dict[str, Any], cell: Cell) -> Cell:
@@ -105,13 +121,19 @@ def resolve(params: dict[str, Any], cell: Cell) -> Cell:
 
 
 def not_applicable(cell: Cell) -> str | None:
-    """Why the cell's method cannot run on its backbone, or None."""
+    """Why the cell's method cannot run on its backbone (or, for a sweep point, cannot be
+    sized to its budget there), or None."""
+    from benchmark.budget import BudgetOutOfRange, parse_budget
+    from benchmark.params import sized_options
     from methods import get_backbone, get_method
     from methods.base import NotApplicableError
 
     try:
         get_method(cell.method).check_applicable(get_backbone(cell.backbone).family)
-    except NotApplicableError as exc:
+        if cell.sweep:
+            sized_options(cell.backbone, cell.method, cell.task, dict(cell.options),
+                          parse_budget(cell.budget))
+    except (NotApplicableError, BudgetOutOfRange) as exc:
         return str(exc)
     return None
 

@@ -42,20 +42,23 @@ def adamw(lr: float, weight_decay: float, **optimizer: Any) -> dict[str, Any]:
     return dict(type="AdamW", lr=lr, weight_decay=weight_decay, **optimizer)
 
 
-def warmup_multistep(cell: Cell, profile: dict[str, Any],
-                     milestones: list[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(train loop, LR schedule): the paper's epoch schedule (linear warm-up over
-    ``profile['warmup']`` iterations, steps at ``milestones``) or, for mini, a short
-    iteration schedule with the same warm-up. Validation runs once, after training."""
+def warmup_multistep(cell: Cell, profile: dict[str, Any], milestones: list[int],
+                     epochs: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(train loop, LR schedule): the paper's schedule of ``epochs`` epochs (linear warm-up
+    over ``profile['warmup']`` iterations, x0.1 steps at the epochs ``milestones``) or, for
+    mini, the same shape in iterations: the steps at the same fractions of the run.
+    Validation runs once, after training."""
     warmup = dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0,
                   end=profile["warmup"])
     if cell.profile == "paper":
-        epochs = profile["epochs"]
         return (dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_begin=epochs + 1),
                 [warmup, dict(type="MultiStepLR", begin=0, end=epochs, by_epoch=True,
                               milestones=milestones, gamma=0.1)])
     iters = cell.iters if cell.iters is not None else profile["iters"]
-    return dict(type="IterBasedTrainLoop", max_iters=iters, val_begin=iters + 1), [warmup]
+    steps = [round(iters * m / epochs) for m in milestones]
+    return (dict(type="IterBasedTrainLoop", max_iters=iters, val_begin=iters + 1),
+            [warmup, dict(type="MultiStepLR", begin=0, end=max(iters, 1), by_epoch=False,
+                          milestones=steps, gamma=0.1)])
 
 
 def open_image(path: Path) -> Image.Image:

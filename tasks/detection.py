@@ -144,7 +144,8 @@ def coco_config(spec: TaskSpec, cell: Cell, model: dict[str, Any], dataset: str,
                       train, paper,
                       batch_sampler=dict(type="AspectRatioBatchSampler") if train and paper else None)
 
-    loop, schedule = warmup_multistep(cell, p, milestones=[8, 11])
+    loop, schedule = warmup_multistep(cell, p, milestones=[8, 11],
+                                      epochs=PROFILES["paper"]["epochs"])
     train_split, val_split = spec.layout.splits
     return dict(
         default_scope="mmdet",

@@ -69,7 +69,8 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
                            test_mode=not train),
                       train, paper)
 
-    loop, schedule = warmup_multistep(cell, p, milestones=[170, 200])
+    loop, schedule = warmup_multistep(cell, p, milestones=[170, 200],
+                                      epochs=PROFILES["paper"]["epochs"])
     train_split, val_split = spec.layout.splits
     return dict(
         default_scope="mmpose",

@@ -29,7 +29,8 @@ def _tables(synthetic: bool = True) -> dict:
                  {"key": "method", "label": "Method", "numeric": False},
                  {"key": "swin-b:params_m", "label": "Params (M)", "numeric": True,
                   "group": "Swin-B"},
-                 {"key": "swin-b:mIoU", "label": "mIoU", "numeric": True, "group": "Swin-B"},
+                 {"key": "swin-b:mIoU", "label": "mIoU", "numeric": True, "group": "Swin-B",
+                  "best": "max"},
                  {"key": "swin-b:mIoU:reported", "label": "mIoU (paper)", "numeric": True,
                   "group": "Swin-B", "reported": True}],
              "rows": [
@@ -43,6 +44,12 @@ def _tables(synthetic: bool = True) -> dict:
                   "swin-b:mIoU:reported": num(51.4)},
                  {"method": num("Linear"), "swin-b:params_m": num(0.1, "0.10"),
                   "swin-b:mIoU": num(40.5, "40.5 ± 0.0", n=3)}]},
+            {"id": "table1-differences", "title": "Table 1: paired differences",
+             "kind": "differences",
+             "columns": [{"key": "method", "label": "Method", "numeric": False},
+                         {"key": "d", "label": "Δ vs Full [95% CI]", "numeric": True}],
+             "rows": [{"method": num("LoRA"), "d": num(0.3, "+0.3 [-0.2, +0.8] n.s.", cls="ns")},
+                      {"method": num("ParaX"), "d": num(1.2, "+1.2 [+0.4, +2.0]")}]},
             {"id": "table2", "title": "Table 2: ablation", "kind": "ablation",
              "columns": [{"key": "variant", "label": "Variant"},
                          {"key": "ap", "label": "AP", "numeric": True}],
@@ -52,10 +59,19 @@ def _tables(synthetic: bool = True) -> dict:
         "pareto": [
             {"id": "pareto-ade20k-swin-b", "task": "ade20k", "backbone": "swin-b",
              "metric": "mIoU", "points": [
+                 # ParaX and LoRA at three budgets each (a sweep): one curve per method
                  {"method": "parax", "label": "ParaX", "params_m": 0.5, "score": 51.3,
-                  "std": 0.2, "n": 3},
+                  "std": 0.2, "n": 3, "budget": "14%"},
+                 {"method": "parax", "label": "ParaX", "params_m": 0.25, "score": 50.1,
+                  "std": 0.0, "n": 1, "budget": "7%"},
+                 {"method": "parax", "label": "ParaX", "params_m": 1.0, "score": 51.9,
+                  "std": 0.0, "n": 1, "budget": "28%"},
                  {"method": "lora", "label": "LoRA", "params_m": 10.0, "score": 51.0,
-                  "std": 0.1, "n": 3},
+                  "std": 0.1, "n": 3, "budget": "14%"},
+                 {"method": "lora", "label": "LoRA", "params_m": 5.0, "score": 49.0,
+                  "std": 0.0, "n": 1, "budget": "7%"},
+                 {"method": "lora", "label": "LoRA", "params_m": 20.0, "score": 51.2,
+                  "std": 0.0, "n": 1, "budget": "28%"},
                  {"method": "linear", "label": "Linear", "params_m": 0.1, "score": 40.5,
                   "std": 0.0, "n": 3}]},
         ],
@@ -165,14 +181,32 @@ def test_self_contained(page):
 def test_pareto_plot(page):
     _, root = page
     svg = next(_all(_sections(root)["pareto-ade20k-swin-b"], "svg"))
-    circles = list(_all(svg, "circle"))
-    assert len(circles) == 3
-    front = {c["text"].split(":")[0] for c in circles if "front" in _classes(c)}
-    assert front == {"Linear", "ParaX"}  # LoRA scores less with more params
+    series = {g["attrs"]["data-method"]: g for g in _all(svg, "g") if "series" in _classes(g)}
+    assert list(series) == ["parax", "lora", "linear"]
+    for method, budgets in (("parax", 3), ("lora", 3), ("linear", 1)):
+        lines = [p for p in _all(series[method], "polyline") if "series-line" in _classes(p)]
+        assert len(lines) == (1 if budgets > 1 else 0), method
+        if lines:  # the curve runs through the method's points by params
+            xs = [float(xy.split(",")[0]) for xy in lines[0]["attrs"]["points"].split()]
+            assert len(xs) == budgets and xs == sorted(xs)
+    titled = [c for c in _all(svg, "circle") if c["text"]]  # legend swatches have no title
+    assert len(titled) == 7  # every point has its figures as a tooltip
+    front = {c["text"].split(" at ")[0] for c in titled if "front" in _classes(c)}
+    assert front == {"Linear: 40.5", "ParaX: 50.1", "ParaX: 51.3 ± 0.2", "ParaX: 51.9"}
     labels = [t["text"] for t in _all(svg, "text")]
-    assert {"ParaX", "LoRA", "Linear", "mIoU", "Trainable params (M, log scale)"} <= set(labels)
-    assert len(list(_all(svg, "polyline"))) == 1
+    # one legend row per method; no text beside a point (tick labels, axis titles, legend)
+    assert [t for t in labels if t in ("ParaX", "LoRA", "Linear")] == ["ParaX", "LoRA", "Linear"]
+    assert {"mIoU", "Trainable params (M, log scale)"} <= set(labels)
     assert len([p for p in _all(svg, "path") if "err" in _classes(p)]) == 2  # std 0: no bar
+
+
+def test_best_value_per_column_and_not_significant_differences(page):
+    _, root = page
+    sections = _sections(root)
+    miou = [row[2] for row in _body_rows(sections["table1"])]
+    assert ["best" in _classes(td) for td in miou] == [False, False, True, False]
+    diffs = [row[1] for row in _body_rows(sections["table1-differences"])]
+    assert ["ns" in _classes(td) for td in diffs] == [True, False]
 
 
 def test_provenance(page):
@@ -194,9 +228,9 @@ def test_synthetic_banner(tmp_path, synthetic):
 
 def test_malformed_input_leaves_no_file(tmp_path):
     tables = _tables()
-    del tables["sections"][1]["columns"]
+    del tables["sections"][2]["columns"]
     out = tmp_path / "lb" / "index.html"
-    with pytest.raises(ValueError, match=r"sections\[1\] \('table2'\) is missing 'columns'"):
+    with pytest.raises(ValueError, match=r"sections\[2\] \('table2'\) is missing 'columns'"):
         render(tables, out)
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
 
@@ -208,44 +242,79 @@ def test_cli(tmp_path):
     assert "parax-bench leaderboard" in (tmp_path / "out" / "index.html").read_text("utf-8")
 
 
-@pytest.mark.browser
-def test_sorting_in_chromium(tmp_path):
+@pytest.fixture
+def chromium():
     """Real headless chromium from the distro (scripts/browser-deps.sh), never a download."""
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
+    binary, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and chromedriver):
         pytest.skip("chromium/chromedriver not on PATH; run scripts/browser-deps.sh")
     webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.common.by import By
-
-    out = render(_tables(), tmp_path / "index.html")
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options,
                               service=webdriver.ChromeService(executable_path=chromedriver))
     try:
-        driver.get(out.as_uri())
-        header = driver.find_element(By.CSS_SELECTOR, '#table1 th[data-col="2"]')
-
-        def column():
-            """(method, mIoU or None) per body row, in DOM order."""
-            rows = driver.find_elements(By.CSS_SELECTOR, "#table1 tbody tr")
-            cells = [r.find_elements(By.TAG_NAME, "td") for r in rows]
-            return [(c[0].text, None if c[2].get_attribute("data-value") is None
-                     else float(c[2].get_attribute("data-value"))) for c in cells]
-
-        header.click()
-        assert header.get_attribute("aria-sort") == "ascending"
-        assert column() == [("Linear", 40.5), ("LoRA", 51.0), ("ParaX", 51.3), ("Full", None)]
-        header.click()
-        assert header.get_attribute("aria-sort") == "descending"
-        assert column() == [("ParaX", 51.3), ("LoRA", 51.0), ("Linear", 40.5), ("Full", None)]
-        shot = tmp_path / "leaderboard.png"
-        assert driver.save_screenshot(str(shot))
-        assert shot.stat().st_size > 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        yield driver
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe
     finally:
         driver.quit()
+
+
+@pytest.mark.browser
+def test_sorting_in_chromium(tmp_path, chromium):
+    from selenium.webdriver.common.by import By
+
+    driver = chromium
+    out = render(_tables(), tmp_path / "index.html")
+    driver.get(out.as_uri())
+    header = driver.find_element(By.CSS_SELECTOR, '#table1 th[data-col="2"]')
+
+    def column():
+        """(method, mIoU or None) per body row, in DOM order."""
+        rows = driver.find_elements(By.CSS_SELECTOR, "#table1 tbody tr")
+        cells = [r.find_elements(By.TAG_NAME, "td") for r in rows]
+        return [(c[0].text, None if c[2].get_attribute("data-value") is None
+                 else float(c[2].get_attribute("data-value"))) for c in cells]
+
+    header.click()
+    assert header.get_attribute("aria-sort") == "ascending"
+    assert column() == [("Linear", 40.5), ("LoRA", 51.0), ("ParaX", 51.3), ("Full", None)]
+    header.click()
+    assert header.get_attribute("aria-sort") == "descending"
+    assert column() == [("ParaX", 51.3), ("LoRA", 51.0), ("Linear", 40.5), ("Full", None)]
+
+
+@pytest.mark.browser
+def test_pareto_screenshot_shows_a_curve_per_method_error_bars_and_a_legend(tmp_path, chromium):
+    """The plot as Chromium draws it: every method's colour is on screen (its curve or point),
+    error bars have height, and the legend rows overlap neither each other nor the plot."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    driver = chromium
+    out = render(_tables(), tmp_path / "index.html")
+    driver.get(out.as_uri())
+    svg = driver.find_element(By.CSS_SELECTOR, "#pareto-ade20k-swin-b svg")
+    shot = np.asarray(Image.open(io.BytesIO(svg.screenshot_as_png)).convert("RGB")).astype(int)
+    for group in driver.find_elements(By.CSS_SELECTOR, "#pareto-ade20k-swin-b g.series"):
+        colour = group.get_attribute("style").split("#")[1][:6]  # style="--c: #RRGGBB"
+        rgb = np.array([int(colour[i:i + 2], 16) for i in (0, 2, 4)])
+        pixels = int((np.abs(shot - rgb).sum(axis=-1) < 40).sum())
+        assert pixels > 40, (group.get_attribute("data-method"), pixels)
+    bars = driver.find_elements(By.CSS_SELECTOR, "#pareto-ade20k-swin-b path.err")
+    assert len(bars) == 2 and all(b.rect["height"] > 2 for b in bars)
+    box = driver.find_element(By.CSS_SELECTOR, "#pareto-ade20k-swin-b path.axis").rect
+    legend = [t.rect for t in driver.find_elements(By.CSS_SELECTOR,
+                                                   "#pareto-ade20k-swin-b .legend-item text")]
+    assert len(legend) == 3
+    for i, a in enumerate(legend):
+        assert a["x"] > box["x"] + box["width"]  # right of the plot area
+        for b in legend[i + 1:]:
+            assert a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"]
