@@ -366,6 +366,7 @@ def test_a_new_method_file_joins_the_grid_and_nothing_else_reruns(tmp_path):
                            capture_output=True, text=True, check=True)
     assert abs(json.loads(sized.stdout)[0]["trainable_backbone_params"] - 5.2e6) < 0.1e6
     after = status()
-    houlsby = {name for name in after if ".houlsby." in name}  # 3 dense, 1 classification, 1 pose
-    assert len(houlsby) == 5 and not houlsby & before
+    houlsby = {name for name in after if ".houlsby." in name or ".houlsby~" in name}
+    # (3 dense, 1 classification, 1 pose) x 3 seeds, and the sweep's 2 tasks x 2 budgets
+    assert len(houlsby) == 5 * 3 + 2 * 2 and not houlsby & before
     assert after - before - houlsby <= {"aggregate"}

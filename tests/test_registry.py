@@ -21,6 +21,7 @@ EXAMPLES = Path(__file__).parent / "examples"
 
 @pytest.fixture
 def clean_registry():
+    available_methods()  # every method file imported first: the snapshot is the whole registry
     before = dict(registry._REGISTRY)
     yield
     registry._REGISTRY.clear()
