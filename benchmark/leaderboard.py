@@ -27,6 +27,7 @@ MISSING = "–"
 WIDTH, HEIGHT = 820, 400
 LEFT, RIGHT, TOP, BOTTOM = 64, 170, 16, 52
 LEGEND_ROW = 18
+ZERO_GAP = 36  # room left of the params axis for the points at 0
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -155,12 +156,15 @@ def _pareto(plot: dict) -> dict:
     than every point with fewer or equal params.
     """
     pts = [p for p in plot["points"]
-           if (_number(p["params_m"]) or 0) > 0 and _number(p["score"]) is not None]
+           if (_number(p["params_m"]) or 0) >= 0 and _number(p["params_m"]) is not None
+           and _number(p["score"]) is not None]
     xs = [float(p["params_m"]) for p in pts]
     ys = [float(p["score"]) for p in pts]
     stds = [_number(p.get("std")) or 0.0 for p in pts]
     bars = [s > 0 and (p.get("n") or 0) > 1 for p, s in zip(pts, stds)]
-    xr = xs or [1.0]
+    xr = [x for x in xs if x > 0] or [1.0]
+    zero = 0.0 in xs  # linear probing trains no backbone parameter: drawn at a "0" left of the axis
+    left = LEFT + (ZERO_GAP if zero else 0)
     yr = [y + s * k for y, s in zip(ys, stds) for k in (-1, 1)] or [0.0]
     log = max(xr) / min(xr) > 10
     if log:
@@ -171,11 +175,13 @@ def _pareto(plot: dict) -> dict:
         xlo, xhi = max(min(xr) - pad, 0.0), max(xr) + pad
     pad = 0.08 * (max(yr) - min(yr)) or 1.0
     ylo, yhi = min(yr) - pad, max(yr) + pad
-    w, h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    w, h = WIDTH - left - RIGHT, HEIGHT - TOP - BOTTOM
 
     def sx(x: float) -> float:
+        if x <= 0:
+            return LEFT + ZERO_GAP / 3
         t = math.log(x / xlo) / math.log(xhi / xlo) if log else (x - xlo) / (xhi - xlo)
-        return round(LEFT + t * w, 1)
+        return round(left + t * w, 1)
 
     def sy(y: float) -> float:
         return round(TOP + (yhi - y) / (yhi - ylo) * h, 1)
@@ -209,7 +215,8 @@ def _pareto(plot: dict) -> dict:
         "title": " / ".join(str(plot[k]) for k in ("task", "backbone") if plot.get(k))
                  + f" ({plot['metric']})",
         "box": {"x0": LEFT, "x1": WIDTH - RIGHT, "y0": TOP, "y1": HEIGHT - BOTTOM},
-        "xticks": [{"pos": sx(t), "text": _fmt(t)} for t in _ticks(xlo, xhi, log)],
+        "xticks": ([{"pos": sx(0.0), "text": "0"}] if zero else [])
+                  + [{"pos": sx(t), "text": _fmt(t)} for t in _ticks(xlo, xhi, log) if t > 0 or not zero],
         "yticks": [{"pos": sy(t), "text": _fmt(t)} for t in _ticks(ylo, yhi, False)],
         "xlabel": "Trainable params (M" + (", log scale)" if log else ")"),
         "ylabel": str(plot["metric"]), "series": series, "log": log,

@@ -72,7 +72,7 @@ def _tables(synthetic: bool = True) -> dict:
                   "std": 0.0, "n": 1, "budget": "7%"},
                  {"method": "lora", "label": "LoRA", "params_m": 20.0, "score": 51.2,
                   "std": 0.0, "n": 1, "budget": "28%"},
-                 {"method": "linear", "label": "Linear", "params_m": 0.1, "score": 40.5,
+                 {"method": "linear", "label": "Linear", "params_m": 0.0, "score": 40.5,
                   "std": 0.0, "n": 3}]},
         ],
         "provenance": [
@@ -197,6 +197,10 @@ def test_pareto_plot(page):
     # one legend row per method; no text beside a point (tick labels, axis titles, legend)
     assert [t for t in labels if t in ("ParaX", "LoRA", "Linear")] == ["ParaX", "LoRA", "Linear"]
     assert {"mIoU", "Trainable params (M, log scale)"} <= set(labels)
+    # linear probing trains no backbone parameter: its point sits at the axis's "0" tick
+    linear = next(c for c in titled if c["text"].startswith("Linear"))
+    zero_tick = next(t for t in _all(svg, "text") if t["text"] == "0")
+    assert linear["attrs"]["cx"] == zero_tick["attrs"]["x"]
     assert len([p for p in _all(svg, "path") if "err" in _classes(p)]) == 2  # std 0: no bar
 
 
