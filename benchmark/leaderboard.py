@@ -155,9 +155,8 @@ def _pareto(plot: dict) -> dict:
     when the points span more than a decade. The front holds the points that score more
     than every point with fewer or equal params.
     """
-    pts = [p for p in plot["points"]
-           if (_number(p["params_m"]) or 0) >= 0 and _number(p["params_m"]) is not None
-           and _number(p["score"]) is not None]
+    pts = [p for p in plot["points"] if _number(p["score"]) is not None
+           and (params := _number(p["params_m"])) is not None and params >= 0]
     xs = [float(p["params_m"]) for p in pts]
     ys = [float(p["score"]) for p in pts]
     stds = [_number(p.get("std")) or 0.0 for p in pts]
