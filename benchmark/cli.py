@@ -57,6 +57,9 @@ def cmd_params(args: argparse.Namespace) -> int:
     elif not frame.empty:
         frame["reported_params_m"] = frame["reported_params_m"].map(
             lambda v: "-" if pd.isna(v) else f"{v:.1f}")
+        if "budget_target" in frame:  # a method without a width knob has no target
+            frame["budget_target"] = frame["budget_target"].map(
+                lambda v: "-" if v is None or pd.isna(v) else f"{v:.0f}")
         print(frame.to_string(index=False))
     return 0
 
@@ -151,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cell = Cell(task=args.task, backbone=args.backbone, method=args.method, data_root=args.data,
                 seed=args.seed, profile=args.profile, options=options,
                 pretrained=args.pretrained, iters=args.iters, budget=args.budget,
-                smoke=args.smoke)
+                smoke=args.smoke, threads=args.threads)
     return train(cell, out, args.work_dir or str(out.with_suffix("")) + ".work", args.launcher)
 
 
@@ -270,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", choices=("mini", "paper"), default="mini")
     p.add_argument("--iters", type=int, help="override the profile's schedule length")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (CPU results depend on the count; default: torch's, one "
+                        "per core)")
     p.add_argument("--smoke", action="store_true",
                    help="the profile's model, pipelines and evaluator, 2 training iterations at "
                         "batch 1 or 2 and 4 validation images (try a cluster configuration on a CPU)")

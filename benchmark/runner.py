@@ -30,6 +30,25 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite: the run has no result worth recording."""
 
 
+def _json_config(cfg: dict[str, Any]) -> Any:
+    """``cfg`` as an mmengine Config whose text (in the log, the work dir's dump and every
+    checkpoint's meta) is JSON: mmengine formats its Python text with yapf, 2 s a run."""
+    from mmengine.config import Config
+
+    class JsonConfig(Config):
+        @property
+        def pretty_text(self) -> str:
+            return json.dumps(self.to_dict(), indent=1, default=str)
+
+        def dump(self, file: str | os.PathLike | None = None) -> str | None:
+            if file is None:
+                return self.pretty_text
+            Path(file).with_suffix(".json").write_text(self.pretty_text)
+            return None
+
+    return JsonConfig(cfg)
+
+
 def _register_hooks() -> None:
     """The loop and hook every cell trains with: an iteration loop whose resume continues every
     random stream where the checkpoint left it (an interrupted and resumed run ends with the
@@ -205,7 +224,6 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
     """
     import tasks.backbone  # noqa: F401  (registers ParaXBackbone)
     import tasks.classification  # noqa: F401  (registers datasets, model, metric)
-    from mmengine.config import Config
     from mmengine.dist import get_dist_info
     from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
@@ -253,8 +271,11 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
     previous = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     created = [p for p in (Path(work_dir), Path(cfg["work_dir"])) if not p.exists()]
+    threads = torch.get_num_threads()
+    if cell.threads is not None:
+        torch.set_num_threads(cell.threads)
     try:
-        runner = Runner.from_cfg(Config(cfg))
+        runner = Runner.from_cfg(_json_config(cfg))
         rank, world_size = get_dist_info()
         train_loader = runner._train_dataloader  # a config until train() builds it
         train_loader["batch_size"] = per_process_batch(train_loader["batch_size"], world_size)
@@ -269,6 +290,7 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
                 shutil.rmtree(path, ignore_errors=True)
         raise
     finally:
+        torch.set_num_threads(threads)
         if previous is None:
             os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
         else:

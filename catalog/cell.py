@@ -24,10 +24,13 @@ class Cell:
     iters: int | None = None  # overrides the profile's schedule length
     smoke: bool = False  # the profile's model, pipelines and evaluator, two steps (runner.py)
     sweep: bool = False  # a point of a budget sweep: its budget is not the grid's, and its id says it
+    threads: int | None = None  # CPU threads of the run (CPU results depend on it); None: torch's
 
     def __post_init__(self):
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
 
     @property
     def id(self) -> str:
@@ -41,11 +44,12 @@ class Cell:
         return f"{self.task}.{self.backbone}.{method}.s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The result file's ``cell`` record (no ``variant`` / ``smoke`` / ``sweep`` keys
-        where unset)."""
+        """The result file's ``cell`` record (no ``variant`` / ``smoke`` / ``sweep`` /
+        ``threads`` keys where unset)."""
         out = asdict(self)
-        if out["variant"] is None:
-            del out["variant"]
+        for key in ("variant", "threads"):
+            if out[key] is None:
+                del out[key]
         for flag in ("smoke", "sweep"):
             if not out[flag]:
                 del out[flag]

@@ -7,6 +7,8 @@ zero-padded for them (the host's ``prompts`` site); prompt widths follow the sta
 channels, so n prompts cost n x sum of C over blocks (12,032 n on Swin-B), but every stage's
 prompts are drawn with the v of the stage-0 width C (KMnP/vpt, the Swin prompt model computes
 it once). The paper keeps VPT's original configuration; its 0.1 M / 0.2 M correspond to n = 10.
+So n is a width but not a budget knob: a budget leaves VPT at n = 10 (``--set num_prompts=N``
+changes it).
 Not applicable to a family without a ``prompts`` site: ConvNeXt has no token sequence, and
 the paper omits it there.
 """
@@ -25,7 +27,7 @@ from .registry import register_method
 
 @dataclasses.dataclass
 class VPTConfig(MethodConfig):
-    num_prompts: int = width_field(10, "n: prompt tokens per block", budget=(1, 1000, 1))
+    num_prompts: int = width_field(10, "n: prompt tokens per block")
 
     def validate(self) -> None:
         if not (isinstance(self.num_prompts, int) and self.num_prompts > 0):

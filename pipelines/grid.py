@@ -56,7 +56,7 @@ def _cell(params: dict[str, Any], task: str, backbone: str, method: str, seed: i
                 budget=budget or grid["budget"], sweep=budget is not None,
                 data_root=str(Path(grid["data_root"]) / task),
                 pretrained=str(Path(grid["pretrained_root"]) / f"{backbone}.pth"),
-                iters=(grid["tasks"].get(task) or {}).get("iters"))
+                iters=(grid["tasks"].get(task) or {}).get("iters"), threads=grid.get("threads"))
 
 
 def expand(params: dict[str, Any], methods: list[str] | None = None) -> list[Cell]:

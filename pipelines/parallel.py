@@ -10,8 +10,9 @@
 
 Each cell runs in a process of its own, forked from a server process that has imported the
 stack once (torch, timm, the OpenMMLab packages: about 6 s a cell otherwise). A cell computes
-the same numbers either way: cells do not share state, and each keeps its own thread count
-(OMP_WAIT_POLICY=PASSIVE only stops idle threads spinning on the shared cores). ``--jobs 1``
+the same numbers either way: cells do not share state, and each runs on the grid's
+``threads`` (one in the mini profile, so two cells fill two cores; OMP_WAIT_POLICY=PASSIVE
+only stops idle threads spinning). ``--jobs 1``
 is plain ``dvc repro``. A failing cell stops new launches; the cells that finished are still
 recorded, and the exit status is non-zero.
 """

@@ -10,6 +10,7 @@ from benchmark.cli import main
 from benchmark.reported import reported_table
 
 BASELINES = ["lora", "adaptformer", "mona", "lorand", "repadapter", "vpt", "parax"]
+KNOBBED = [m for m in BASELINES if m != "vpt"]  # VPT keeps n = 10 under every budget
 
 
 def rows(capsys, *args):
@@ -68,7 +69,7 @@ def test_paper_budget_keeps_released_widths(capsys):
 
 def test_match_and_fraction_budgets(capsys):
     parax = 5_242_992
-    for r in rows(capsys, "--backbone", "swin-b", "--method", *BASELINES, "--budget",
+    for r in rows(capsys, "--backbone", "swin-b", "--method", *KNOBBED, "--budget",
                   "match:parax"):
         assert r["budget_target"] == parax
         assert abs(r["trainable_backbone_params"] - parax) < 0.01 * parax, r
@@ -83,9 +84,11 @@ def test_absolute_budget_picks_the_closest_width(capsys):
     assert r["width"]["rank"] == 21 and r["trainable_backbone_params"] == 1_010_688
 
 
-def test_methods_without_a_width_ignore_the_budget(capsys):
-    (r,) = rows(capsys, "--backbone", "swin-b", "--method", "full", "--budget", "5M")
-    assert r["trainable_backbone_params"] == 86_745_016 and r["budget_target"] is None
+def test_methods_without_a_width_knob_ignore_the_budget(capsys):
+    full, vpt = rows(capsys, "--backbone", "swin-b", "--method", "full", "vpt", "--budget", "5M")
+    assert full["trainable_backbone_params"] == 86_745_016 and full["budget_target"] is None
+    assert vpt["width"] == {"num_prompts": 10} and vpt["budget_target"] is None
+    assert vpt["trainable_backbone_params"] == 120_320  # 10 x 12,032
 
 
 @pytest.mark.parametrize("budget,message", [

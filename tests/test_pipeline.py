@@ -94,6 +94,7 @@ def test_a_cell_depends_on_its_own_method_only():
     assert "methods/base.py" in lora and "tasks/segmentation.py" in lora
     assert "tasks/detection.py" not in lora  # another task kind
     assert "results/reported/paper_results.csv" in lora  # read by the budget code (DATA_FILES)
+    assert "grid.threads" in generated["cell-ade20k.swin-micro.lora.s0"]["params"]
 
 
 def test_not_applicable_cell_writes_a_record(tmp_path, monkeypatch):

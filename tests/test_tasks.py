@@ -68,6 +68,24 @@ def test_same_seed_same_metrics(tmp_path, data):
     assert a["config_hash"] == b["config_hash"] != c["config_hash"]
 
 
+def test_a_cell_runs_on_its_own_thread_count_and_restores_the_callers(tmp_path, data,
+                                                                      monkeypatch):
+    """CPU results depend on the thread count, so a cell fixes it (the grid's `threads`)."""
+    import torch
+
+    seen, measured = [], runner_module.measured
+    monkeypatch.setattr(runner_module, "measured",
+                        lambda *a: seen.append(torch.get_num_threads()) or measured(*a))
+    before = torch.get_num_threads()
+    cell = Cell(task="cifar100", backbone="vit-micro", method="linear",
+                data_root=str(data["cifar100"]), iters=2, threads=1)
+    result = runner_module.run_cell(cell, tmp_path / "one.json", tmp_path / "one.work")
+    assert seen == [1] and torch.get_num_threads() == before
+    assert result["cell"]["threads"] == 1
+    with pytest.raises(ValueError, match="threads must be a positive integer or None, got 0"):
+        Cell(task="cifar100", backbone="vit-micro", method="linear", threads=0)
+
+
 class Killed(RuntimeError):
     pass
 
