@@ -7,8 +7,9 @@ inference latency before and, where the method merges, after merging. Every figu
 comes as a ratio to full fine-tuning and to the frozen backbone; both are always measured.
 
 Measuring:
-- each method runs in a fresh process (spawned), so allocator caches, peak-memory marks and
-  thread pools of one method never leak into another's figures;
+- each method runs in a fresh process, so allocator caches, peak-memory marks and thread
+  pools of one method never leak into another's figures (forked from a server process that
+  has only imported torch and the methods, and never ran an op or touched CUDA);
 - a training step is ``forward_features`` of the dense (or classification) backbone, the sum
   of the means of its outputs as the loss, backward and ``AdamW.step``; the frozen backbone
   (linear probing: nothing in the backbone trains) runs its forward without autograd;
@@ -287,7 +288,8 @@ def measure(setting: Setting, method: str, options: dict[str, Any],
 
 
 def _isolated(setting: Setting, method: str, options: dict[str, Any]) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "timm", "methods", "benchmark.efficiency"])
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         return pool.submit(measure, setting, method, options, True).result()
 

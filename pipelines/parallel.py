@@ -1,11 +1,13 @@
 """`dvc repro` with the grid's cells run N at a time (DVC itself runs stages one by one).
 
 0. dvc.yaml is regenerated from params.yaml and the code (pipelines/stages.py);
-1. ``dvc repro`` of the stages the cells read (``data-``, ``pretrain-``);
+1. the out-of-date stages the cells read (``data-``, ``pretrain-``) run their own commands,
+   ``--jobs`` at a time, a stage once the stages whose outputs it reads are done (pretraining
+   after its source data), then ``dvc repro`` of them finds them recorded;
 2. every cell stage that is out of date (all of them with ``--force``) runs its own command,
-   ``--jobs`` at a time, each logging to ``work/PROFILE/logs/STAGE.log``;
-3. the finished cells are recorded in dvc.lock as ``dvc commit`` records them, exactly as if
-   DVC had run them;
+   ``--jobs`` at a time;
+3. the finished stages are recorded in dvc.lock as ``dvc commit`` records them, exactly as if
+   DVC had run them (every stage logs to ``work/PROFILE/logs/STAGE.log``);
 4. ``dvc repro`` runs what is left (efficiency table, aggregation, page).
 
 Each cell runs in a process of its own, forked from a server process that has imported the
@@ -28,6 +30,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from multiprocessing import forkserver
 from pathlib import Path
+from typing import Callable
 from unittest import mock
 
 from pipelines import stages as generated
@@ -74,14 +77,18 @@ def commit(names: list[str]) -> None:
           flush=True)
 
 
-def stages() -> tuple[dict[str, str], set[str]]:
-    """(stage name -> command, the names of out-of-date stages)."""
+def stages() -> tuple[dict[str, str], set[str], dict[str, set[str]]]:
+    """(stage name -> command, the names of out-of-date stages, stage name -> the stages
+    whose outputs it reads)."""
     from dvc.repo import Repo
 
     with Repo(".") as repo:
         commands = {s.addressing: s.cmd for s in repo.index.stages}
         stale = set(repo.status())
-    return commands, stale
+        writer = {out.def_path: s.addressing for s in repo.index.stages for out in s.outs}
+        reads = {s.addressing: {writer[d.def_path] for d in s.deps if d.def_path in writer}
+                 for s in repo.index.stages}
+    return commands, stale, reads
 
 
 def cell_argv(name: str, command: str) -> list[str]:
@@ -114,21 +121,61 @@ def run_cells(argvs: dict[str, list[str]], jobs: int, log_dir: Path) -> list[str
     # must not inherit it, as idle threads that sleep make a lone process slower.
     with mock.patch.dict(os.environ, {"OMP_WAIT_POLICY": "PASSIVE"}):
         forkserver.ensure_running()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    pending, done, failed = list(argvs), [], []
-    start = time.monotonic()
 
-    def one(name: str) -> tuple[str, int, float]:
-        t0 = time.monotonic()
-        log = log_dir / f"{name}.log"
-        log.write_text("")
+    def one(name: str, log: Path) -> int:
         process = context.Process(target=_cell, args=(argvs[name], str(log)))
         process.start()
         process.join()
-        return name, process.exitcode, time.monotonic() - t0
+        return process.exitcode
+
+    return run_pool(list(argvs), {}, one, jobs, log_dir)
+
+
+def run_commands(commands: dict[str, str], after: dict[str, set[str]], jobs: int,
+                 log_dir: Path) -> list[str]:
+    """Run each stage's own command (with this interpreter as its ``python``) ``jobs`` at a
+    time, a stage once the stages in ``after[stage]`` have succeeded; return the names that
+    succeeded."""
+    def one(name: str, log: Path) -> int:
+        args = shlex.split(commands[name])
+        if args[0] == "python":
+            args[0] = sys.executable
+        with log.open("a") as out:
+            return subprocess.run(args, stdout=out, stderr=subprocess.STDOUT).returncode
+
+    return run_pool(list(commands), after, one, jobs, log_dir)
+
+
+def run_pool(names: list[str], after: dict[str, set[str]], one: Callable[[str, Path], int],
+             jobs: int, log_dir: Path) -> list[str]:
+    """``one(name, log)`` for each name, ``jobs`` at a time in this order, each name once the
+    names in ``after[name]`` that are among ``names`` have succeeded; a progress line per
+    finished name with an ETA. A failure stops new launches. Returns the names that succeeded."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, done, failed = list(names), [], []
+    start = time.monotonic()
+
+    def timed(name: str) -> tuple[str, int, float]:
+        t0 = time.monotonic()
+        log = log_dir / f"{name}.log"
+        log.write_text("")
+        return name, one(name, log), time.monotonic() - t0
+
+    def ready() -> str | None:
+        for name in pending:
+            if not (after.get(name, set()) & set(names)) - set(done):
+                pending.remove(name)
+                return name
+        return None
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        running = {pool.submit(one, pending.pop(0)) for _ in range(min(jobs, len(pending)))}
+        running = set()
+
+        def launch() -> None:
+            while len(running) < jobs and not failed and (name := ready()) is not None:
+                running.add(pool.submit(timed, name))
+
+        launch()
         while running:
             finished, running = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -136,15 +183,14 @@ def run_cells(argvs: dict[str, list[str]], jobs: int, log_dir: Path) -> list[str
                 (done if code == 0 else failed).append(name)
                 elapsed = time.monotonic() - start
                 n = len(done) + len(failed)
-                eta = elapsed / n * (len(argvs) - n)
+                eta = elapsed / n * (len(names) - n)
                 state = "ok" if code == 0 else f"FAILED (exit {code}, log {log_dir / name}.log)"
-                print(f"[parallel] {n}/{len(argvs)} {name}: {state} in {seconds:.0f}s "
+                print(f"[parallel] {n}/{len(names)} {name}: {state} in {seconds:.0f}s "
                       f"({elapsed:.0f}s elapsed, ETA {eta:.0f}s)", flush=True)
                 if code != 0:
                     tail = (log_dir / f"{name}.log").read_text().splitlines()[-20:]
                     print("\n".join(tail), file=sys.stderr, flush=True)
-                if pending and not failed:
-                    running.add(pool.submit(one, pending.pop(0)))
+            launch()
     return done
 
 
@@ -166,11 +212,20 @@ def main(argv: list[str] | None = None) -> int:
         dvc("repro", *force)
         return 0
     params = load_params(args.params)
-    commands, stale = stages()
+    log_dir = Path("work") / params["grid"]["profile"] / "logs"
+    commands, stale, reads = stages()
     upstream = [n for n in commands if n.startswith(UPSTREAM) and (args.force or n in stale)]
     if upstream:
-        dvc("repro", *force, *upstream)
-        commands, stale = stages()
+        print(f"[parallel] {len(upstream)} data and pretraining stages, {args.jobs} at a time",
+              flush=True)
+        done = run_commands({n: commands[n] for n in upstream}, reads, args.jobs, log_dir)
+        if done:
+            commit(done)
+        if len(done) < len(upstream):
+            return 1
+        if not args.force:  # what a re-run stage's new output made stale
+            dvc("repro", *(n for n in commands if n.startswith(UPSTREAM)))
+        commands, stale, reads = stages()
     cells = [n for n in commands if n.startswith(CELLS) and (args.force or n in stale)]
     if cells:
         from pipelines.data import ensure
@@ -181,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         for task in dict.fromkeys(a[0].split(".")[0] for a in argvs.values()):
             ensure(params, task)
         print(f"[parallel] {len(cells)} cells, {args.jobs} at a time", flush=True)
-        done = run_cells(argvs, args.jobs, Path("work") / params["grid"]["profile"] / "logs")
+        done = run_cells(argvs, args.jobs, log_dir)
         if done:
             commit(done)
         if len(done) < len(cells):

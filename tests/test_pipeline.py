@@ -138,6 +138,20 @@ def test_parallel_reports_a_failing_cell(tmp_path, capsys, monkeypatch):
     assert "OMP_WAIT_POLICY" not in os.environ
 
 
+def test_parallel_stages_wait_for_the_stages_they_read(tmp_path, monkeypatch, capsys):
+    """Pretraining starts once its source data is written; independent stages run beside."""
+    monkeypatch.chdir(tmp_path)
+    write = "import pathlib, time; time.sleep(1); pathlib.Path('source').write_text('x')"
+    read = "import pathlib; print(pathlib.Path('source').read_text())"
+    commands = {"data-source": f'python -c "{write}"', "data-other": 'python -c "print(1)"',
+                "pretrain-b": f'python -c "{read}"'}
+    after = {"pretrain-b": {"data-source"}, "data-other": set(), "data-source": set()}
+    done = parallel.run_commands(commands, after, 2, tmp_path / "logs")
+    assert sorted(done) == sorted(commands) and done.index("data-source") < done.index("pretrain-b")
+    assert (tmp_path / "logs/pretrain-b.log").read_text() == "x\n"
+    assert "3/3 pretrain-b: ok" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"metrics": {"top1": 1.0}}', "not a parax-bench result file"),
     ('{"cell": {"task": "cifar100"', "not a JSON result file"),
