@@ -18,7 +18,7 @@ from .registry import DataFormatError, Kind, register_kind
 
 # Per profile: crop, batch, iterations, warm-up, decoder width, whether to use the FCN aux head.
 PROFILES = {
-    "mini": dict(crop=64, batch=4, iters=200, warmup=10, channels=32, aux=False, val_batch=1),
+    "mini": dict(crop=64, batch=4, iters=320, warmup=10, channels=32, aux=False, val_batch=1),
     "paper": dict(crop=512, batch=16, iters=160_000, warmup=1500, channels=512, aux=True,
                   val_batch=1),
 }
