@@ -3,7 +3,8 @@
 0. dvc.yaml is regenerated from params.yaml and the code (pipelines/stages.py);
 1. the out-of-date stages the cells read (``data-``, ``pretrain-``) run their own commands,
    ``--jobs`` at a time, a stage once the stages whose outputs it reads are done (pretraining
-   after its source data), then ``dvc repro`` of them finds them recorded;
+   after its source data); unless forced, ``dvc repro`` of them then re-runs what a new
+   output made stale;
 2. every cell stage that is out of date (all of them with ``--force``) runs its own command,
    ``--jobs`` at a time;
 3. the finished stages are recorded in dvc.lock as ``dvc commit`` records them, exactly as if
@@ -14,9 +15,9 @@ Each cell runs in a process of its own, forked from a server process that has im
 stack once (torch, timm, the OpenMMLab packages: about 6 s a cell otherwise). A cell computes
 the same numbers either way: cells do not share state, and each runs on the grid's
 ``threads`` (one in the mini profile, so two cells fill two cores; OMP_WAIT_POLICY=PASSIVE
-only stops idle threads spinning). ``--jobs 1``
-is plain ``dvc repro``. A failing cell stops new launches; the cells that finished are still
-recorded, and the exit status is non-zero.
+only stops idle threads spinning). ``--jobs 1`` is plain ``dvc repro``. A failing stage
+stops new launches; the stages that finished are still recorded, and the exit status is
+non-zero.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def commit(names: list[str]) -> None:
             stage.commit()
         (dvcfile,) = {s.dvcfile.path: s.dvcfile for s in found}.values()  # all in dvc.yaml
         dvcfile.dump_stages(found, update_pipeline=False)
-    print(f"[parallel] recorded {len(found)} cells in dvc.lock in {time.monotonic() - start:.0f}s",
+    print(f"[parallel] recorded {len(found)} stages in dvc.lock in {time.monotonic() - start:.0f}s",
           flush=True)
 
 

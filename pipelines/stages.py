@@ -182,7 +182,9 @@ def stages(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for cell in expand(params):
         deps = code_deps(["pipelines.cell", _kind_module(cell.task)],
                          {cell.method, *budget_methods(cell.budget)})
-        cell_params = ["grid.profile", "grid.budget", "grid.threads", f"grid.tasks.{cell.task}"]
+        cell_params = ["grid.profile", "grid.budget", f"grid.tasks.{cell.task}"]
+        if "threads" in grid:  # a profile without it runs on torch's default
+            cell_params.insert(2, "grid.threads")
         if cell.method in (params["methods"] or {}):
             cell_params.append(f"methods.{cell.method}")
         if cell.variant is not None:

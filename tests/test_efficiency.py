@@ -44,8 +44,9 @@ def test_counts_match_the_params_command(tiny_result, capsys):
     assert set(rows) == set(methods) | {"parax[convs=false]"}
     for method in methods:
         assert rows[method]["trainable_params"] == counted[method]["trainable_backbone_params"]
-        assert {k: rows[method]["options"][k] for k in counted[method]["width"]} == \
-            counted[method]["width"]
+        # sized to the width `params` solves; a width left out is at its default (VPT's n)
+        options, width = rows[method]["options"], counted[method]["width"]
+        assert {k: options.get(k, v) for k, v in width.items()} == width
     # Every row, variants included, equals `params` with the row's resolved options.
     for row in rows.values():
         assert row["trainable_params"] == count_row(
