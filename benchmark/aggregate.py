@@ -129,10 +129,23 @@ class Aggregator:
             return {"text": "n/a" if runs else "-", "value": None}
         return _number(max(counts) / 1e6, 2)
 
+    def _reference_backbone(self, table: str, task: str, backbone: str) -> str | None:
+        """The paper backbone whose figures a row shows: the backbone's own, or for a
+        miniature the full-size one it stands for, or, where the table has no rows of that
+        one (Table 4 adapts only ViT-B), the table's one backbone for the dataset."""
+        paper_bb = _paper_backbone(backbone)
+        if get_backbone(backbone).reference is None:
+            return paper_bb
+        df = self.reported
+        rows = df[(df.table == table) & (df.dataset == get_task(task).paper_dataset)]
+        if paper_bb in set(rows.backbone) or rows.backbone.nunique() != 1:
+            return paper_bb
+        return str(rows.backbone.iloc[0])
+
     def _reported(self, table: str, task: str, backbone: str, method: str,
                   metric: str) -> tuple[float | None, float | None]:
         """(value, params_m) the paper reports, or (None, None)."""
-        spec, paper_bb = get_task(task), _paper_backbone(backbone)
+        spec, paper_bb = get_task(task), self._reference_backbone(table, task, backbone)
         df = self.reported
         rows = df[(df.table == table) & (df.dataset == spec.paper_dataset)
                   & (df.backbone == paper_bb) & (df.method == method) & (df.metric == metric)]
@@ -161,7 +174,7 @@ class Aggregator:
             spec = get_task(task)
             group = (spec.paper_dataset + (f" {backbone}" if len({b for _, b in pairs}) > 1 else "")
                      if multi_task else backbone)
-            paper_bb = _paper_backbone(backbone)
+            paper_bb = self._reference_backbone(table, task, backbone)
             ref = "" if paper_bb == get_backbone(backbone).paper_name else f", {paper_bb}"
             key0 = f"{task}:{backbone}"
             columns.append({"key": f"{key0}:params_m", "label": "Params (M)", "numeric": True,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,10 +34,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .budget import parse_budget
     from .params import param_table
 
-    budget = parse_budget(args.budget) if args.budget else None
+    budget = _budget(args.budget) if args.budget else None
     rows, skipped = param_table(args.backbone, args.method, args.task or [None],
                                 _parse_set(args.set), budget)
     for note in skipped:
@@ -70,13 +70,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     import torch
 
     from methods import build, merge
-    from methods.checkpoints import load_official
+    from methods.base import PEFTMethod
+    from methods.checkpoints import load_official, read_state_dict
 
+    from .export import method_state
     from .io import write_bytes_atomic
 
+    for path in filter(None, (args.checkpoint, args.pretrained)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
     host = build(args.backbone, args.method, args.task, num_classes=0, **_parse_set(args.set))
-    if args.checkpoint:
-        load_official(host, args.checkpoint)
+    if type(host.method).merge is PEFTMethod.merge:  # not mergeable: say so before reading
+        host.method.merge(host)
+    state = read_state_dict(args.checkpoint)
+    if args.pretrained:  # `train`'s method state: the backbone it was trained on comes first
+        state = {**read_state_dict(args.pretrained), **state}
+    elif set(state) <= set(method_state(host)):
+        raise ValueError(f"{args.checkpoint} holds only the method's weights: give the backbone "
+                         f"they were trained on with --pretrained")
+    report = load_official(host, state)
+    if host.added_state_keys() and not report.method_keys:
+        raise ValueError(f"{args.checkpoint} holds no {args.method} weights (a plain backbone?): "
+                         f"merging it would write the untrained method")
     model = merge(host)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
@@ -141,21 +156,62 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget(text: str):
+    """``--budget``, with a percentage above 100 named as such."""
+    from .budget import parse_budget
+
+    if text.strip().endswith("%"):
+        try:
+            pct = float(text.strip()[:-1])
+        except ValueError:
+            pct = None
+        if pct is not None and pct > 100:
+            raise ValueError(f"--budget {text}: a fraction of the backbone is at most 100%")
+    return parse_budget(text)
+
+
+def check_train(args: argparse.Namespace) -> None:
+    """Everything `train` can check before building a model, so that a bad argument costs
+    one line and leaves nothing on disk (the data's layout is checked next, by its task)."""
+    from methods import get_backbone, get_method
+
+    method = get_method(args.method)
+    method.check_applicable(get_backbone(args.backbone).family)
+    if args.pretrained and args.from_scratch:
+        raise ValueError("--pretrained and --from-scratch exclude each other")
+    if not args.pretrained and not args.from_scratch:
+        raise ValueError(f"no --pretrained checkpoint for {args.backbone}: pass one (release "
+                         f"naming), or --from-scratch to train from random weights")
+    if args.pretrained and not Path(args.pretrained).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.pretrained}")
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"data directory not found: {args.data}")
+    if args.budget and method.config_class.budget_knob() is None:
+        raise ValueError(f"--budget: {args.method} has no width knob to size (its trainable "
+                         f"count is fixed by the backbone); leave --budget out")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from catalog import Cell
 
-    from .budget import parse_budget
+    check_train(args)
+    budget = _budget(args.budget) if args.budget else None
+    from .export import adapter_path, export_cell
     from .params import sized_options
     from .runner import train
 
     out = Path(args.out)
-    budget = parse_budget(args.budget) if args.budget else None
     options = sized_options(args.backbone, args.method, args.task, _parse_set(args.set), budget)
     cell = Cell(task=args.task, backbone=args.backbone, method=args.method, data_root=args.data,
                 seed=args.seed, profile=args.profile, options=options,
                 pretrained=args.pretrained, iters=args.iters, budget=args.budget,
                 smoke=args.smoke, threads=args.threads)
-    return train(cell, out, args.work_dir or str(out.with_suffix("")) + ".work", args.launcher)
+    work_dir = args.work_dir or str(out.with_suffix("")) + ".work"
+    code = train(cell, out, work_dir, args.launcher)
+    if code == 0 and args.iters != 0 and os.environ.get("RANK", "0") == "0":
+        n = export_cell(cell, work_dir, adapter_path(out))
+        print(f"{args.method} state ({n} tensors, release naming) -> {adapter_path(out)}")
+    return code
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -166,45 +222,83 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line on stderr (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The parser; it imports nothing heavy (``--help`` answers without loading torch)."""
+    from importlib.metadata import version
+
     from catalog import BACKBONES, TASKS
 
-    parser = argparse.ArgumentParser(
+    from .setting import AMP_CHOICES, Setting
+
+    backbones, tasks = list(BACKBONES), list(TASKS)
+    parser = _Parser(
         prog="parax-bench",
         description="Benchmark suite for parameter-efficient fine-tuning of vision backbones.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version",
+                        version=f"parax-bench {version('parax-bench')}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    method_help = "a registered PEFT method (`parax-bench methods` lists them)"
 
     p = sub.add_parser("methods", help="list registered PEFT methods")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("params", help="trainable backbone parameters per (backbone, method, task)",
                        description="Counts on the meta device (no weights are allocated).")
-    p.add_argument("--backbone", nargs="+", required=True, metavar="B",
-                   help=f"one or more of: {', '.join(BACKBONES)}")
+    p.add_argument("--backbone", nargs="+", required=True, metavar="B", choices=backbones,
+                   help=f"one or more of: {', '.join(backbones)}")
     p.add_argument("--method", nargs="+", required=True, metavar="M",
-                   help="one or more registered methods (see `parax-bench methods`)")
-    p.add_argument("--task", nargs="+", metavar="T",
+                   help="one or more registered methods (`parax-bench methods` lists them)")
+    p.add_argument("--task", nargs="+", metavar="T", choices=tasks,
                    help=f"paper configuration of these tasks (default: the backbone's first); "
-                        f"one or more of: {', '.join(TASKS)}")
+                        f"one or more of: {', '.join(tasks)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method option, e.g. --set router_hidden=24 (repeatable)")
     p.add_argument("--budget", metavar="B",
                    help="solve each method's width for a trainable count: 5.2M, 800k, 3%% (of "
                         "the backbone), match:METHOD, or paper (the paper's figure)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="output format (default: table)")
     p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("merge", help="fold a mergeable method into the backbone (plain timm weights)")
-    p.add_argument("--backbone", required=True, metavar="B")
-    p.add_argument("--method", required=True, metavar="M")
-    p.add_argument("--task", metavar="T", help="the paper configuration to build (default: "
-                                               "the backbone's first task)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--checkpoint", help="trained weights (release or parax-bench naming)")
+    p = sub.add_parser("merge", help="fold a trained mergeable method into the backbone (plain "
+                                     "timm weights)",
+                       description="Reads a trained checkpoint: an authors' release (backbone and "
+                                   "method) or `train`'s RESULT.adapter.pth with the backbone it "
+                                   "was trained on (--pretrained). Give the options the method "
+                                   "trained with (`--set`, as in the result's cell.options).")
+    p.add_argument("--backbone", required=True, metavar="B", choices=backbones,
+                   help=f"one of: {', '.join(backbones)}")
+    p.add_argument("--method", required=True, metavar="M", help=method_help)
+    p.add_argument("--task", metavar="T", choices=tasks,
+                   help="the paper configuration to build (default: the backbone's first task)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option the checkpoint was trained with (repeatable)")
+    p.add_argument("--checkpoint", required=True,
+                   help="trained weights: a release checkpoint, or `train`'s RESULT.adapter.pth")
+    p.add_argument("--pretrained", help="the backbone checkpoint the method was trained on "
+                                        "(needed with an adapter-only checkpoint)")
     p.add_argument("--out", required=True, help="where to write the merged state dict")
     p.set_defaults(func=cmd_merge)
-
-    from .efficiency import Setting
 
     d = Setting()  # Table 15's setting
     p = sub.add_parser(
@@ -216,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "and to the frozen backbone. Defaults are Table 15's (Swin-L, 1280x800, "
                     "batch 4, on a GPU); on CPU use e.g. --backbone swin-micro --size 256x256 "
                     "--device cpu --budget 14%.")
-    p.add_argument("--backbone", default=d.backbone, metavar="B")
-    p.add_argument("--task", default=d.task, metavar="T",
+    p.add_argument("--backbone", default=d.backbone, metavar="B", choices=backbones,
+                   help=f"default {d.backbone}; one of: {', '.join(backbones)}")
+    p.add_argument("--task", default=d.task, metavar="T", choices=tasks,
                    help="paper configuration the methods take, and dense or pooled features "
                         "(default: coco_instance, Table 15's Mask R-CNN)")
     p.add_argument("--method", nargs="+", metavar="M",
@@ -225,64 +320,81 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: every registered method plus ParaX without convs)")
     p.add_argument("--size", type=_size, default=(d.height, d.width), metavar="WxH",
                    help=f"input width x height (default {d.width}x{d.height})")
-    p.add_argument("--batch", type=int, default=d.batch, help=f"training batch (default {d.batch})")
+    p.add_argument("--batch", type=_count(1), default=d.batch,
+                   help=f"training batch (default {d.batch})")
     p.add_argument("--budget", default=d.budget, metavar="B",
                    help="size each method's width knob as `params --budget` (default: paper); "
                         "'none' keeps the released widths")
     p.add_argument("--device", default=d.device, help="cuda (default), cuda:N or cpu")
-    p.add_argument("--amp", choices=("none", "fp16", "bf16"), default=d.amp,
+    p.add_argument("--amp", choices=AMP_CHOICES, default=d.amp,
                    help="autocast dtype (default none: fp32)")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first")
-    p.add_argument("--iters", type=int, default=d.iters, help="timed training steps")
-    p.add_argument("--latency-batch", type=int, default=d.latency_batch,
-                   help="images per inference call")
-    p.add_argument("--latency-iters", type=int, default=d.latency_iters,
-                   help="timed inference calls")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--warmup", type=_count(0), default=d.warmup,
+                   help=f"untimed steps first (default {d.warmup})")
+    p.add_argument("--iters", type=_count(2), default=d.iters,
+                   help=f"timed training steps (default {d.iters})")
+    p.add_argument("--latency-batch", type=_count(1), default=d.latency_batch,
+                   help=f"images per inference call (default {d.latency_batch})")
+    p.add_argument("--latency-iters", type=_count(2), default=d.latency_iters,
+                   help=f"timed inference calls (default {d.latency_iters})")
+    p.add_argument("--seed", type=_count(0), default=d.seed, help="seed of inputs and weights")
     p.add_argument("--no-isolate", action="store_true",
                    help="measure every method in this process (faster; on CPU the peak "
                         "memory is then not measured)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="output format (default: table)")
     p.add_argument("--out", help="also write the JSON here (atomically)")
     p.set_defaults(func=cmd_efficiency)
 
     p = sub.add_parser("synth", help="write a synthetic dataset in its real on-disk format")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=int, help="training images")
-    p.add_argument("--val", type=int, help="validation images")
-    p.add_argument("--size", type=int, help="image side in pixels")
+    p.add_argument("--dataset", required=True, choices=["source", *tasks],
+                   help="source (the pretraining task) or a task's dataset")
+    p.add_argument("--out", required=True, help="the dataset root to write")
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of the scenes")
+    p.add_argument("--train", type=_count(1), help="training images")
+    p.add_argument("--val", type=_count(1), help="validation images")
+    p.add_argument("--size", type=_count(8), help="image side in pixels")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("split-imagenet-r", help="write the paper's 24,000 / 6,000 ImageNet-R "
                                                 "split of a release folder")
     p.add_argument("--data", required=True, help="folder holding imagenet-r/")
     p.add_argument("--out", required=True, help="split JSON (e.g. DATA/imagenet-r/split.json)")
-    p.add_argument("--train", type=int, default=24_000)
-    p.add_argument("--test", type=int, default=6_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=_count(1), default=24_000, help="training images (24,000)")
+    p.add_argument("--test", type=_count(1), default=6_000, help="test images (6,000)")
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of the draw")
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("train", help="train and evaluate one cell; write its result JSON")
-    p.add_argument("--task", required=True, metavar="T")
-    p.add_argument("--backbone", required=True, metavar="B")
-    p.add_argument("--method", required=True, metavar="M")
+    p = sub.add_parser("train", help="train and evaluate one cell; write its result JSON and "
+                                     "the trained method's state",
+                       description="Writes RESULT.json and, beside it, RESULT.adapter.pth: what "
+                                   "the method trained in the backbone, in the release naming "
+                                   "(`merge` reads it).")
+    p.add_argument("--task", required=True, metavar="T", choices=tasks,
+                   help=f"one of: {', '.join(tasks)}")
+    p.add_argument("--backbone", required=True, metavar="B", choices=backbones,
+                   help=f"one of: {', '.join(backbones)}")
+    p.add_argument("--method", required=True, metavar="M", help=method_help)
     p.add_argument("--data", required=True, help="dataset root (real or synthetic)")
     p.add_argument("--out", required=True, help="result JSON path")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", choices=("mini", "paper"), default="mini")
-    p.add_argument("--iters", type=int, help="override the profile's schedule length")
-    p.add_argument("--threads", type=int, metavar="N",
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of weights and data order")
+    p.add_argument("--profile", choices=("mini", "paper"), default="mini",
+                   help="schedule, sizes and heads: mini (CPU minutes) or paper (default: mini)")
+    p.add_argument("--iters", type=_count(0), help="override the profile's schedule length "
+                                                   "(0: evaluate the untrained model)")
+    p.add_argument("--threads", type=_count(1), metavar="N",
                    help="CPU threads (CPU results depend on the count; default: torch's, one "
                         "per core)")
     p.add_argument("--smoke", action="store_true",
                    help="the profile's model, pipelines and evaluator, 2 training iterations at "
                         "batch 1 or 2 and 4 validation images (try a cluster configuration on a CPU)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method option (repeatable)")
     p.add_argument("--budget", metavar="B", help="size the method's width knob to a budget "
                                                  "(as in `params --budget`)")
-    p.add_argument("--pretrained", help="backbone checkpoint (release naming)")
+    p.add_argument("--pretrained", help="backbone checkpoint (release naming); required unless "
+                                        "--from-scratch")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the backbone from random weights (no --pretrained)")
     p.add_argument("--work-dir", help="checkpoints and logs (default: next to --out)")
     p.add_argument("--launcher", choices=("none", "pytorch"), default="none",
                    help="pytorch: one process of a torchrun job (DDP; rank 0 writes the result)")
@@ -290,11 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain a backbone on a synthetic source task "
                                         "(`synth --dataset source`), saved in release naming")
-    p.add_argument("--backbone", required=True, metavar="B")
+    p.add_argument("--backbone", required=True, metavar="B", choices=backbones,
+                   help=f"one of: {', '.join(backbones)}")
     p.add_argument("--data", required=True, help="source dataset root")
     p.add_argument("--out", required=True, help="checkpoint path (.pth); a result JSON goes beside it")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--iters", type=int, default=600)
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of weights and data order")
+    p.add_argument("--iters", type=_count(1), default=600, help="training iterations (default 600)")
     p.add_argument("--work-dir", help="checkpoints and logs (default: next to --out)")
     p.set_defaults(func=cmd_pretrain)
     return parser

@@ -262,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     path, key = Path(args.out), inputs_key(args.params)
     if not args.check and _recorded_key(path) == key:
         return 0  # generated from these very inputs (no need to import the stack)
-    text = render(load_params(args.params), key)
+    try:
+        text = render(load_params(args.params), key)
+    except (KeyError, ValueError) as exc:  # an unknown method, task or backbone; a bad entry
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"{args.params}: error: {message}", file=sys.stderr)
+        return 2
     if args.check:
         if not path.is_file() or path.read_text() != text:
             print(f"{path} is out of date: run `python -m pipelines.stages`", file=sys.stderr)

@@ -101,3 +101,15 @@ def test_grid_sweep_cells_and_unreachable_points():
     assert not_applicable(cells["cifar100.swin-micro.parax~10pct.s0"]) is None
     grid_cell = next(c for c in expand(params) if not c.sweep)
     assert "sweep" not in grid_cell.to_dict()  # the grid's cells keep their config hashes
+
+
+def test_a_miniature_shows_the_paper_figures_of_the_tables_own_backbone():
+    """Table 4 adapts only ViT-B: swin-micro's CIFAR-100 rows show ViT-B's figures, so
+    labelled (Swin-B has none there); a dense table keeps the family's Swin-B."""
+    section = _aggregator().comparison("4", "Image classification", ["cifar100"])
+    labels = {c["key"]: c["label"] for c in section["columns"]}
+    assert labels["cifar100:swin-micro:top1:reported"] == "top1 (paper, ViT-B/16 (MAE))"
+    parax = next(r for r in section["rows"] if r["method"]["text"].startswith("ParaX"))
+    assert parax["cifar100:swin-micro:top1:reported"]["value"] is not None
+    agg = _aggregator()
+    assert agg._reference_backbone("1", "ade20k", "swin-micro") == "Swin-B"

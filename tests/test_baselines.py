@@ -285,7 +285,7 @@ def test_merge_command_writes_plain_weights(tmp_path, capsys):
     expected = merge(host).state_dict()
     assert all(torch.allclose(merged[k], expected[k]) for k in merged)
 
-    assert main(["merge", "--backbone", "swin-micro", "--method", "mona",
-                 "--out", str(tmp_path / "no.pth")]) == 2
+    assert main(["merge", "--backbone", "swin-micro", "--method", "mona", "--checkpoint",
+                 str(ckpt), "--out", str(tmp_path / "no.pth")]) == 2
     assert "mona has no merged form" in capsys.readouterr().err
     assert not (tmp_path / "no.pth").exists()

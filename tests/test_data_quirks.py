@@ -50,7 +50,7 @@ def copy(pristine, tmp_path):
 
 def train(tmp_path: Path, task: str, data: Path, iters: int = 1) -> tuple[int, Path]:
     out = tmp_path / f"{task}.json"
-    code = main(["train", "--task", task, "--backbone", BACKBONE[task], "--method", "parax",
+    code = main(["train", "--from-scratch", "--task", task, "--backbone", BACKBONE[task], "--method", "parax",
                  "--data", str(data), "--out", str(out), "--iters", str(iters)])
     return code, out
 
@@ -310,6 +310,6 @@ def test_coco_tasks_take_a_relative_data_root(tmp_path, copy, monkeypatch, task)
     """As the pipeline passes them (data/mini/TASK): the loaders must not join the root twice."""
     data = copy(task)
     monkeypatch.chdir(tmp_path)
-    code = main(["train", "--task", task, "--backbone", BACKBONE[task], "--method", "linear",
+    code = main(["train", "--from-scratch", "--task", task, "--backbone", BACKBONE[task], "--method", "linear",
                  "--data", data.name, "--out", "rel.json", "--iters", "1"])
     assert code == 0 and (tmp_path / "rel.json").is_file()

@@ -30,7 +30,7 @@ def test_paper_configuration_smoke_runs_on_a_cpu(tmp_path, task):
         pad_one_val_image(task, data)  # validation images of two sizes, as real data has
     out = tmp_path / "smoke.json"
     exe = Path(sys.executable).parent / "parax-bench"
-    run = subprocess.run([exe, "train", "--task", task, "--backbone", FAMILIES[task],
+    run = subprocess.run([exe, "train", "--from-scratch", "--task", task, "--backbone", FAMILIES[task],
                           "--method", "parax", "--profile", "paper", "--smoke", "--data", str(data),
                           "--out", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]

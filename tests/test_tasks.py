@@ -153,7 +153,7 @@ def _copy(src, dst):
 def test_bad_data_fails_clearly_without_a_result(tmp_path, data, capsys):
     def cli(task, root):
         out = tmp_path / f"bad_{task}.json"
-        code = main(["train", "--task", task, "--backbone",
+        code = main(["train", "--from-scratch", "--task", task, "--backbone",
                      "swin-micro" if task == "ade20k" else "vit-micro", "--method", "parax",
                      "--data", str(root), "--out", str(out), "--iters", "1"])
         assert code == 2 and not out.exists()
@@ -262,14 +262,14 @@ def test_malformed_coco_fails_clearly(tmp_path, capsys):
     ann = coco / "coco" / "annotations" / "instances_val2017.json"
     ann.write_text("{not json")
     out = tmp_path / "bad.json"
-    assert main(["train", "--task", "coco_instance", "--backbone", "convnext-micro", "--method",
+    assert main(["train", "--from-scratch", "--task", "coco_instance", "--backbone", "convnext-micro", "--method",
                  "parax", "--data", str(tmp_path / "coco"), "--out", str(out), "--iters", "1"]) == 2
     assert f"{ann}: not a COCO instances file" in capsys.readouterr().err
     assert not out.exists()
     data = {"images": [{"id": 1, "file_name": "missing.jpg", "height": 8, "width": 8}],
             "annotations": [], "categories": [{"id": 1, "name": "person"}]}
     ann.write_text(json.dumps(data))
-    assert main(["train", "--task", "coco_instance", "--backbone", "convnext-micro", "--method",
+    assert main(["train", "--from-scratch", "--task", "coco_instance", "--backbone", "convnext-micro", "--method",
                  "parax", "--data", str(tmp_path / "coco"), "--out", str(out), "--iters", "1"]) == 2
     assert "val2017/missing.jpg: image not found" in capsys.readouterr().err
 
@@ -299,7 +299,7 @@ def test_every_method_runs_in_every_task_family(tmp_path, tiny_data, task):
         for backbone in (f"{family}-micro", "convnext-micro") if method == "vpt" else (f"{family}-micro",):
             if task == "coco_pose" and backbone == "vit-micro":
                 backbone = "swin-micro"  # top-down pose needs a spatial last stage
-            args = ["train", "--task", task, "--backbone", backbone, "--method", method,
+            args = ["train", "--from-scratch", "--task", task, "--backbone", backbone, "--method", method,
                     "--data", str(tiny_data[task]), "--out", str(tmp_path / f"{method}-{backbone}.json"),
                     "--iters", "1"]
             code = main(args)

@@ -1,0 +1,64 @@
+"""A trained cell's method state in the release naming: what ``train`` writes next to its
+result, and what ``merge`` and ``params --checkpoint`` read.
+
+The state comes from the run's last checkpoint in its work dir (mmengine saves the whole
+model there). It holds only what the method trained in the backbone: a PEFT method's modules
+in its authors' naming (small), full fine-tuning's whole backbone in the backbone release's
+naming, nothing for linear probing (its head belongs to the task). Loading it back needs the
+pretrained backbone it was trained on, as a release checkpoint does.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+
+from catalog import Cell
+
+BACKBONE_PREFIX = "backbone.model."  # the host's model inside an OpenMMLab task model
+
+
+def adapter_path(result: str | os.PathLike) -> Path:
+    """Where the method state of the result file ``RESULT.json`` goes: ``RESULT.adapter.pth``."""
+    return Path(result).with_suffix(".adapter.pth")
+
+
+def method_state(host) -> dict[str, torch.Tensor]:
+    """The part of ``host``'s release-named state dict that its method trains."""
+    from methods.checkpoints import export_official
+
+    state = export_official(host)
+    trains_backbone = any(p.requires_grad for n, p in host.model.named_parameters()
+                          if n not in host.added_state_keys())
+    if trains_backbone:  # full fine-tuning: the method's state is the whole backbone
+        return state
+    names = host.method.official_keys(host) if host.method is not None else {}
+    wanted = {names.get(k, k) for k in host.added_state_keys()}
+    return {k: v for k, v in state.items() if k in wanted}
+
+
+def export_cell(cell: Cell, work_dir: str | os.PathLike, out: str | os.PathLike) -> int:
+    """Write ``cell``'s trained method state (from its run in ``work_dir``) to ``out``
+    atomically; return the number of tensors written."""
+    from methods import build
+
+    from .io import write_bytes_atomic
+    from .runner import code_fingerprint
+
+    run_dir = Path(work_dir) / f"{cell.config_hash()}-{code_fingerprint()}"
+    pointer = run_dir / "last_checkpoint"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"no checkpoint of this run in {run_dir} (zero training "
+                                f"iterations save none): nothing to export")
+    checkpoint = torch.load(pointer.read_text().strip(), map_location="cpu", weights_only=False)
+    trained = {k[len(BACKBONE_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
+               if k.startswith(BACKBONE_PREFIX)}
+    host = build(cell.backbone, cell.method, cell.task, **dict(cell.options))
+    host.model.load_state_dict(trained)
+    state = method_state(host)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(out, buf.getvalue())
+    return len(state)
