@@ -414,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or one argument error line already printed
+        return exc.code
     try:
         return args.func(args)
     except (KeyError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError

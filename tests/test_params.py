@@ -110,9 +110,11 @@ def test_methods_lists_registered(capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--backbone", "resnet-50", "--method", "parax"], "unknown backbone 'resnet-50'"),
+    (["--backbone", "resnet-50", "--method", "parax"],
+     "argument --backbone: invalid choice: 'resnet-50'"),
     (["--backbone", "swin-b", "--method", "nope"], "unknown method 'nope'; registered methods:"),
-    (["--backbone", "swin-b", "--method", "parax", "--task", "mnist"], "unknown task 'mnist'"),
+    (["--backbone", "swin-b", "--method", "parax", "--task", "mnist"],
+     "argument --task: invalid choice: 'mnist'"),
     (["--backbone", "swin-b", "--method", "parax", "--set", "kernel_sizes=[3,4]"],
      "kernel sizes must be odd"),
     (["--backbone", "swin-b", "--method", "parax", "--set", "top_k=19"],
