@@ -1,5 +1,5 @@
 """A trained cell's method state in the release naming: what ``train`` writes next to its
-result, and what ``merge`` and ``params --checkpoint`` read.
+result, and what ``merge`` reads.
 
 The state comes from the run's last checkpoint in its work dir (mmengine saves the whole
 model there). It holds only what the method trained in the backbone: a PEFT method's modules
@@ -29,13 +29,11 @@ def method_state(host) -> dict[str, torch.Tensor]:
     """The part of ``host``'s release-named state dict that its method trains."""
     from methods.checkpoints import export_official
 
-    state = export_official(host)
-    trains_backbone = any(p.requires_grad for n, p in host.model.named_parameters()
-                          if n not in host.added_state_keys())
-    if trains_backbone:  # full fine-tuning: the method's state is the whole backbone
-        return state
+    state, added = export_official(host), host.added_state_keys()
+    if any(p.requires_grad for n, p in host.model.named_parameters() if n not in added):
+        return state  # full fine-tuning: the method's state is the whole backbone
     names = host.method.official_keys(host) if host.method is not None else {}
-    wanted = {names.get(k, k) for k in host.added_state_keys()}
+    wanted = {names.get(k, k) for k in added}
     return {k: v for k, v in state.items() if k in wanted}
 
 
