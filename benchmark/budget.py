@@ -52,6 +52,8 @@ def parse_budget(text: str) -> Budget:
             pct = -1.0
         if 0 < pct <= 100:
             return Budget("fraction", pct / 100)
+        if pct > 100:
+            raise ValueError(f"--budget {text}: a fraction of the backbone is at most 100%")
     m = _NUMBER.match(t)
     if m:
         value = float(m.group(1)) * 10 ** int(m.group(2) or 0)

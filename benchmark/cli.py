@@ -34,9 +34,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from .budget import parse_budget
     from .params import param_table
 
-    budget = _budget(args.budget) if args.budget else None
+    budget = parse_budget(args.budget) if args.budget else None
     rows, skipped = param_table(args.backbone, args.method, args.task or [None],
                                 _parse_set(args.set), budget)
     for note in skipped:
@@ -156,20 +157,6 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _budget(text: str):
-    """``--budget``, with a percentage above 100 named as such."""
-    from .budget import parse_budget
-
-    if text.strip().endswith("%"):
-        try:
-            pct = float(text.strip()[:-1])
-        except ValueError:
-            pct = None
-        if pct is not None and pct > 100:
-            raise ValueError(f"--budget {text}: a fraction of the backbone is at most 100%")
-    return parse_budget(text)
-
-
 def check_train(args: argparse.Namespace) -> None:
     """Everything `train` can check before building a model, so that a bad argument costs
     one line and leaves nothing on disk (the data's layout is checked next, by its task)."""
@@ -194,12 +181,13 @@ def check_train(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from catalog import Cell
 
-    check_train(args)
-    budget = _budget(args.budget) if args.budget else None
+    from .budget import parse_budget
     from .export import adapter_path, export_cell
     from .params import sized_options
     from .runner import train
 
+    check_train(args)
+    budget = parse_budget(args.budget) if args.budget else None
     out = Path(args.out)
     options = sized_options(args.backbone, args.method, args.task, _parse_set(args.set), budget)
     cell = Cell(task=args.task, backbone=args.backbone, method=args.method, data_root=args.data,
@@ -207,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 pretrained=args.pretrained, iters=args.iters, budget=args.budget,
                 smoke=args.smoke, threads=args.threads)
     work_dir = args.work_dir or str(out.with_suffix("")) + ".work"
-    code = train(cell, out, work_dir, args.launcher)
+    code = train(cell, out, work_dir, args.launcher, verbose=args.verbose or None)
     if code == 0 and args.iters != 0 and os.environ.get("RANK", "0") == "0":
         n = export_cell(cell, work_dir, adapter_path(out))
         print(f"{args.method} state ({n} tensors, release naming) -> {adapter_path(out)}")
@@ -398,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="checkpoints and logs (default: next to --out)")
     p.add_argument("--launcher", choices=("none", "pytorch"), default="none",
                    help="pytorch: one process of a torchrun job (DDP; rank 0 writes the result)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="mmengine's full log on the console instead of a progress bar (the "
+                        "log file in the work dir has it either way)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pretrain", help="pretrain a backbone on a synthetic source task "

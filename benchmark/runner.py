@@ -21,6 +21,7 @@ import torch
 from catalog import Cell
 from tasks import fingerprint, kind_of, task_config
 
+from . import console
 from .io import write_json_atomic
 
 PACKAGES = ("torch", "timm", "mmengine", "mmcv", "mmsegmentation", "mmdet", "mmpose")
@@ -122,8 +123,8 @@ SMOKE_ITERS, SMOKE_VAL_IMAGES = 2, 4
 def smoke_config(cfg: dict[str, Any], batch: int) -> None:
     """A smoke run of a configuration: its model, pipelines and evaluator as they are;
     training cut to two iterations at a batch of ``batch`` (its kind's: 1 or 2; constant
-    learning rate) and validation to a few images, one at a time, so that a cluster
-    configuration can be tried out on a CPU first."""
+    learning rate) and validation to a few images, one at a time, without loader workers,
+    so that a cluster configuration can be tried out on a CPU first."""
     train = cfg["train_dataloader"]
     train["batch_size"] = batch
     train["sampler"] = dict(type="InfiniteSampler", shuffle=True)
@@ -132,6 +133,8 @@ def smoke_config(cfg: dict[str, Any], batch: int) -> None:
     cfg["param_scheduler"] = []
     cfg["val_dataloader"]["batch_size"] = 1
     cfg["val_dataloader"]["dataset"]["indices"] = SMOKE_VAL_IMAGES
+    for split in ("train_dataloader", "val_dataloader"):  # a few images: no workers
+        cfg[split].update(num_workers=0, persistent_workers=False)
 
 
 def measured(cell: Cell, metrics: dict[str, float]) -> tuple[dict[str, float], list[str]]:
@@ -211,7 +214,7 @@ def _setup_distributed(cfg: dict[str, Any], cuda: bool) -> None:
 
 def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
              export_backbone: str | os.PathLike | None = None,
-             launcher: str = "none") -> dict[str, Any]:
+             launcher: str = "none", verbose: bool | None = None) -> dict[str, Any]:
     """Train and evaluate ``cell``; write the result JSON to ``out`` (atomically) and return it.
 
     ``work_dir``: checkpoints and logs, keyed inside by the cell's configuration and the code's
@@ -221,12 +224,13 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
     ``launcher``: "none" (one process) or "pytorch" (one process of a torchrun job, joining
     the process group from torchrun's environment). Under DDP every rank returns the result;
     only rank 0 writes files (checkpoints too: mmengine saves them on rank 0).
+    ``verbose``: mmengine's full console log instead of progress bars (its log file in the
+    work dir has it either way); None reads ``PARAX_BENCH_VERBOSE``.
     """
     import tasks.backbone  # noqa: F401  (registers ParaXBackbone)
     import tasks.classification  # noqa: F401  (registers datasets, model, metric)
     from mmengine.dist import get_dist_info
     from mmengine.model import is_model_wrapper
-    from mmengine.runner import Runner
 
     if launcher not in ("none", "pytorch"):
         raise ValueError(f"launcher must be 'none' or 'pytorch', got {launcher!r}")
@@ -239,9 +243,14 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
         smoke_config(cfg, kind_of(cell.task).smoke_batch)
     iteration_based = cfg["train_cfg"]["type"] == "IterBasedTrainLoop"
     _register_hooks()
+    if verbose is None:
+        verbose = console.verbose_default()
     if iteration_based:
         cfg["train_cfg"]["type"] = "ExactResumeIterLoop"
     cfg.setdefault("custom_hooks", []).append(dict(type="ResumeStateHook"))
+    if not verbose:
+        console.register_progress_hook()
+        cfg["custom_hooks"].append(dict(type="ProgressHook", desc=cell.id))
     max_iters = cfg["train_cfg"].get("max_iters")
     cuda = torch.cuda.is_available()
     if launcher == "pytorch":
@@ -261,6 +270,7 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
         log_level="INFO",
+        log_processor=dict(by_epoch=not iteration_based),  # "Iter(train) [10/320]"
         # unique per run: mmengine keys its logger and visualizer instances by this name
         experiment_name=f"{cell.task}-{cell.backbone}-{cell.method}-s{cell.seed}-{uuid.uuid4().hex[:8]}",
         resume=True,
@@ -275,13 +285,15 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
     if cell.threads is not None:
         torch.set_num_threads(cell.threads)
     try:
-        runner = Runner.from_cfg(_json_config(cfg))
-        rank, world_size = get_dist_info()
-        train_loader = runner._train_dataloader  # a config until train() builds it
-        train_loader["batch_size"] = per_process_batch(train_loader["batch_size"], world_size)
-        if max_iters != 0:  # zero iterations: evaluate the untrained model
-            runner.train()
-        metrics, unmeasured = measured(cell, {k: float(v) for k, v in runner.val_loop.run().items()})
+        with console.console(verbose) as runner_class:
+            runner = runner_class.from_cfg(_json_config(cfg))
+            rank, world_size = get_dist_info()
+            train_loader = runner._train_dataloader  # a config until train() builds it
+            train_loader["batch_size"] = per_process_batch(train_loader["batch_size"], world_size)
+            if max_iters != 0:  # zero iterations: evaluate the untrained model
+                runner.train()
+            scores = runner.val_loop.run()
+        metrics, unmeasured = measured(cell, {k: float(v) for k, v in scores.items()})
     except BaseException:
         # A run that fails before its first checkpoint (data the loaders refuse while they are
         # built, say) leaves no work folder behind.
@@ -351,16 +363,16 @@ def pretrain(backbone: str, data_root: str | os.PathLike, out: str | os.PathLike
 
 
 def train(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
-          launcher: str = "none") -> int:
+          launcher: str = "none", verbose: bool | None = None) -> int:
     """:func:`run_cell` as a command: a one-line summary, or one error line and exit 2."""
     try:
-        result = run_cell(cell, out, work_dir, launcher=launcher)
+        result = run_cell(cell, out, work_dir, launcher=launcher, verbose=verbose)
     except (KeyError, ValueError, FileNotFoundError, TrainingDiverged) as exc:  # CheckpointError: ValueError
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"parax-bench: error: {message}", file=sys.stderr)
         return 2
-    metrics = " ".join(f"{k}={v:.2f}" for k, v in result["metrics"].items())
-    print(f"{cell.id}: {metrics} ({result['wall_time_s']:.0f}s) -> {out}", flush=True)
+    if os.environ.get("RANK", "0") == "0":  # every rank returns the result
+        print(console.summary(cell, result, out), flush=True)
     return 0
 
 
@@ -372,12 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", required=True, help="checkpoints and logs")
     parser.add_argument("--launcher", choices=("none", "pytorch"), default="none",
                         help="pytorch: one process of a torchrun job (DDP; rank 0 writes)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="mmengine's full log on the console (default: progress bars)")
     args = parser.parse_args(argv)
     try:
         cell = Cell.from_dict(json.loads(Path(args.cell).read_text()))
     except (OSError, ValueError, TypeError) as exc:
         parser.error(f"cannot read the cell {args.cell}: {exc}")
-    return train(cell, args.out, args.work_dir, args.launcher)
+    return train(cell, args.out, args.work_dir, args.launcher, verbose=args.verbose or None)
 
 
 if __name__ == "__main__":

@@ -98,9 +98,14 @@ def load_official(host: BackboneHost,
 
     try:
         converted = host.checkpoint_filter(backbone_part, host.model)
-    except (KeyError, RuntimeError, ValueError) as exc:  # foreign keys trip timm's filter
+    except (KeyError, RuntimeError, ValueError, AttributeError, IndexError, TypeError) as exc:
+        # foreign keys trip timm's filter, each in its own way
+        hint = ""
+        if any(".w_msa." in k or k.startswith("stages.") for k in backbone_part):
+            hint = ("; its keys are OpenMMLab's Swin naming (stages.N...attn.w_msa), a "
+                    "conversion: pass the release's own file (layers.N...attn)")
         raise CheckpointError(f"checkpoint does not match backbone '{host.name}': the "
-                              f"{host.family} release naming does not fit ({exc!r})") from exc
+                              f"{host.family} release naming does not fit ({exc!r}){hint}") from exc
     backbone_keys = set(ours) - added
     for key in list(converted):
         if key not in ours and key.startswith(host.classifier_prefixes):

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from catalog import Cell, TaskSpec, get_backbone
 
-from .common import MEAN, STD, loader, open_image
+from .common import MEAN, STD, CheckCache, loader, open_image
 from .registry import DataFormatError, Kind, register_kind
 
 
@@ -92,8 +92,11 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def image(self, i: int) -> np.ndarray:
+        return self.images[i]  # (H, W, 3) uint8
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        img = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+        img = torch.from_numpy(np.ascontiguousarray(self.image(i))).permute(2, 0, 1)
         if self.train and torch.rand(()) < 0.5:
             img = img.flip(-1)
         return {"inputs": img, "data_samples": int(self.labels[i])}
@@ -137,19 +140,32 @@ class SVHN(ArrayDataset):
 
 
 class _FolderDataset(ArrayDataset):
+    """Image files, each decoded when read and resized to ``size`` (the backbone's input): a
+    release's ~100k images would not fit in memory decoded. Each file is checked to decode
+    when the dataset is built (and remembered while it stays unchanged)."""
+
     def _load(self, root: Path, files: Sequence[str], classes: list[str], size: int,
               train: bool, source: Path, indices: int | None):
         index = {c: i for i, c in enumerate(classes)}
-        images, labels, listings = [], [], {}
-        for rel in files[:indices]:
-            cls = rel.split("/")[0]
-            if cls not in index:
-                raise DataFormatError(f"{source}: '{rel}' names unknown class '{cls}'")
-            img = _rgb(open_image(_any_case(root / rel, listings)))
-            images.append(np.asarray(img.resize((size, size), Image.BILINEAR)))
-            labels.append(index[cls])
-        super().__init__(np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
-                         np.asarray(labels), len(classes), train, source)
+        paths, labels, listings = [], [], {}
+        with CheckCache("image-folder", root) as cache:  # each file decoded once, ever
+            for rel in files[:indices]:
+                cls = rel.split("/")[0]
+                if cls not in index:
+                    raise DataFormatError(f"{source}: '{rel}' names unknown class '{cls}'")
+                path = _any_case(root / rel, listings)
+                if cache.get(path) is None:
+                    open_image(path)
+                    cache.put(True, path)
+                paths.append(path)
+                labels.append(index[cls])
+        self.size = size
+        super().__init__(np.asarray(paths, dtype=object), np.asarray(labels), len(classes),
+                         train, source)
+
+    def image(self, i: int) -> np.ndarray:
+        img = _rgb(open_image(self.images[i]))
+        return np.asarray(img.resize((self.size, self.size), Image.BILINEAR))
 
 
 @DATASETS.register_module()
@@ -256,12 +272,17 @@ PROFILES = {
 PAPER_DROP_PATH = {"imagenet_r": 0.1, "cifar100": 0.0, "svhn": 0.0, "food101": 0.05}
 
 
-def _dataset(spec: TaskSpec, root: str, split: str, train: bool) -> dict[str, Any]:
-    return dict(type=FORMATS[spec.layout.format], data_root=root, split=split, train=train)
+def _dataset(spec: TaskSpec, root: str, split: str, train: bool,
+             size: int | None = None) -> dict[str, Any]:
+    """``size``: the side image files are decoded at (the array formats are 32 x 32)."""
+    cfg = dict(type=FORMATS[spec.layout.format], data_root=root, split=split, train=train)
+    if size is not None and issubclass(DATASETS.get(cfg["type"]), _FolderDataset):
+        cfg["size"] = size
+    return cfg
 
 
 def check(spec: TaskSpec, root: str) -> None:
-    """Both splits load (every file is read and its labels range-checked)."""
+    """Both splits load: every image decodes, every label is in range."""
     from mmengine.registry import DATASETS as registry
 
     if not Path(root).is_dir():
@@ -291,7 +312,8 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     weight_decay = 1e-4 if paper and cell.task == "imagenet_r" else p["weight_decay"]
 
     def split_loader(split: str, train: bool) -> dict[str, Any]:
-        return loader(p["batch"], _dataset(spec, cell.data_root, split, train), train, paper,
+        size = get_backbone(cell.backbone).input_size
+        return loader(p["batch"], _dataset(spec, cell.data_root, split, train, size), train, paper,
                       collate_fn=dict(type="default_collate"))
 
     return dict(

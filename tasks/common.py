@@ -29,10 +29,16 @@ def stage_dims(cell: Cell) -> list[int]:
     return list(dims(cell.backbone))
 
 
+PAPER_WORKERS = 8  # per process (per GPU)
+
+
 def loader(batch: int, dataset: dict[str, Any], train: bool, paper: bool,
            **extra: Any) -> dict[str, Any]:
-    """A dataloader: infinite shuffled sampling for a mini training run, epochs otherwise."""
-    return dict(batch_size=batch, num_workers=0, persistent_workers=False,
+    """A dataloader: infinite shuffled sampling for a mini training run, epochs otherwise.
+    The paper profile decodes and augments in worker processes (a GPU waits for them
+    otherwise); a mini run's one CPU thread does it in the training process."""
+    return dict(batch_size=batch, num_workers=PAPER_WORKERS if paper else 0,
+                persistent_workers=paper,
                 sampler=dict(type="InfiniteSampler" if train and not paper else "DefaultSampler",
                              shuffle=train),
                 **extra, dataset=dataset)

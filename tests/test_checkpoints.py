@@ -120,6 +120,17 @@ def test_wrong_backbone_is_rejected(tmp_path):
         load_official(randomized("swin", seed=9), tmp_path / "missing.pth")
 
 
+def test_openmmlab_converted_swin_naming_is_named_in_the_error():
+    """mmseg / mmdet convert Swin to their own naming; a file in it is refused in one line
+    that says so, not with a traceback from deep inside timm's filter."""
+    official = export_official(randomized("swin", seed=7))
+    converted = {k.replace("layers.", "stages.").replace(".attn.", ".attn.w_msa."): v
+                 for k, v in official.items()}
+    with pytest.raises(CheckpointError, match=r"OpenMMLab's Swin naming .*release's own file"):
+        load_official(randomized("swin", seed=8), {"state_dict": {
+            f"backbone.{k}": v for k, v in converted.items()}})
+
+
 def test_openmmlab_and_ddp_wrappers_load(tmp_path):
     """A whole-model OpenMMLab checkpoint (backbone under 'backbone.', decoder keys beside it)
     and a DDP-saved one ('module.' prefix) load the same weights as the bare state dict."""

@@ -12,7 +12,7 @@ from PIL import Image
 from benchmark import runner as runner_module
 from benchmark.cli import main
 from catalog import Cell
-from tasks import DataFormatError
+from tasks import DataFormatError, task_config
 from tasks.synthetic import fingerprint, generate
 
 
@@ -58,6 +58,18 @@ def test_classification_cell_learns(tmp_path, data, task):
     untrained, _ = train(tmp_path, task, data[task], iters=0, name="untrained")
     trained, _ = train(tmp_path, task, data[task], iters=80, name="trained")
     assert trained["metrics"]["top1"] > max(untrained["metrics"]["top1"], 10.0) + 5  # chance 10%
+
+
+@pytest.mark.parametrize("task", ["food101", "imagenet_r"])
+def test_image_folder_datasets_decode_at_the_backbone_input_size(data, task):
+    """Food-101 and ImageNet-R are JPEG trees: a cell reads them at its backbone's input size
+    (vit-b: 224), not at the 32 x 32 of the array formats."""
+    from mmengine.registry import DATASETS
+
+    cfg = task_config(Cell(task=task, backbone="vit-b", method="full", data_root=str(data[task]),
+                           profile="paper"))
+    dataset = DATASETS.build(cfg["train_dataloader"]["dataset"])
+    assert dataset[0]["inputs"].shape == (3, 224, 224)
 
 
 def test_same_seed_same_metrics(tmp_path, data):
