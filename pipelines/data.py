@@ -47,7 +47,7 @@ def ensure(params: dict, dataset: str) -> None:
     stamp = json.loads(stamp_path.read_text())
     if fingerprint(synthesize(params, dataset)) != stamp["fingerprint"]:
         raise ValueError(f"the regenerated {root} differs from {stamp_path}; "
-                         f"run `dvc repro -f data@{dataset}`")
+                         f"run `scripts/dvc repro -f data-{dataset}`")
 
 
 def main(argv: list[str] | None = None) -> int:

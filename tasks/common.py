@@ -33,13 +33,16 @@ PAPER_WORKERS = 8  # per process (per GPU)
 
 
 def loader(batch: int, dataset: dict[str, Any], train: bool, paper: bool,
-           **extra: Any) -> dict[str, Any]:
-    """A dataloader: infinite shuffled sampling for a mini training run, epochs otherwise.
-    The paper profile decodes and augments in worker processes (a GPU waits for them
-    otherwise); a mini run's one CPU thread does it in the training process."""
+           infinite: bool | None = None, **extra: Any) -> dict[str, Any]:
+    """A dataloader. ``infinite``: shuffled sampling without end, for a loop counted in
+    iterations (default: a mini training loader); epochs otherwise. The paper profile decodes
+    and augments in worker processes (a GPU waits for them otherwise); a mini run's one CPU
+    thread does it in the training process."""
+    if infinite is None:
+        infinite = train and not paper
     return dict(batch_size=batch, num_workers=PAPER_WORKERS if paper else 0,
                 persistent_workers=paper,
-                sampler=dict(type="InfiniteSampler" if train and not paper else "DefaultSampler",
+                sampler=dict(type="InfiniteSampler" if infinite else "DefaultSampler",
                              shuffle=train),
                 **extra, dataset=dataset)
 
