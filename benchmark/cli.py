@@ -38,6 +38,8 @@ def cmd_params(args: argparse.Namespace) -> int:
     from .params import param_table
 
     budget = parse_budget(args.budget) if args.budget else None
+    if args.checkpoint:
+        _check_state_file(args)
     rows, skipped = param_table(args.backbone, args.method, args.task or [None],
                                 _parse_set(args.set), budget)
     for note in skipped:
@@ -63,6 +65,27 @@ def cmd_params(args: argparse.Namespace) -> int:
                 lambda v: "-" if v is None or pd.isna(v) else f"{v:.0f}")
         print(frame.to_string(index=False))
     return 0
+
+
+def _check_state_file(args: argparse.Namespace) -> None:
+    """``params --checkpoint``: the file's method state against the one these options build."""
+    from methods import build
+
+    from .export import compare_state
+
+    if len(args.backbone) != 1 or len(args.method) != 1 or len(args.task or [None]) > 1:
+        raise ValueError("--checkpoint: give one --backbone, one --method and at most one --task")
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    backbone, method, task = args.backbone[0], args.method[0], (args.task or [None])[0]
+    host = build(backbone, method, task, device="meta", **_parse_set(args.set))
+    n, problems = compare_state(host, args.checkpoint)
+    if problems:
+        raise ValueError(f"{args.checkpoint} is not {method} on {backbone} with these options: "
+                         f"{'; '.join(problems)} (pass the options it trained with: --set, as in "
+                         f"the result's cell.options)")
+    print(f"{args.checkpoint}: {n} parameters, the {method} state these options build",
+          file=sys.stderr)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -100,6 +123,41 @@ def cmd_merge(args: argparse.Namespace) -> int:
     n = sum(p.numel() for p in model.parameters())
     print(f"merged {args.method} into {args.backbone}: {n} parameters -> {args.out}")
     return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from catalog import Cell
+
+    from .console import filter_noise
+    from .diagnostics import diagnose, trained_host, validation_images
+    from .export import adapter_path
+    from .io import write_json_atomic
+
+    filter_noise()
+    result = json.loads(Path(args.result).read_text())
+    state_file = adapter_path(args.result)
+    if not state_file.is_file():
+        raise FileNotFoundError(f"no method state beside the result: expected {state_file} "
+                                f"(`train` writes it)")
+    cell = Cell.from_dict(result["cell"])
+    if not get_task_dense(cell.task):
+        raise ValueError(f"diagnose: {cell.task} is not a dense task (the diagnostics read "
+                         f"multi-scale features)")
+    report = diagnose(trained_host(result, state_file), validation_images(cell, args.images))
+    out = Path(args.out) if args.out else Path(args.result).with_suffix(".diagnostics.json")
+    write_json_atomic(out, {"cell": result["cell"], **report})
+    flagged = ", ".join(report["collapsed"]) or "none"
+    print(f"{cell.id}: {report['images']} images, stage redundancy "
+          f"{', '.join('-' if r is None else f'{r:.2f}' for r in report['redundancy'])}, ERF 50% "
+          f"in {100 * report['erf']['mass_area']['0.5']:.1f}% of the input, collapsed gates: "
+          f"{flagged} -> {out}")
+    return 0
+
+
+def get_task_dense(task: str) -> bool:
+    from catalog import get_task
+
+    return get_task(task).dense
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -264,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", metavar="B",
                    help="solve each method's width for a trainable count: 5.2M, 800k, 3%% (of "
                         "the backbone), match:METHOD, or paper (the paper's figure)")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="also check a method state file (`train`'s RESULT.adapter.pth) against "
+                        "the state these options build, and count its parameters")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",
                    help="output format (default: table)")
     p.set_defaults(func=cmd_params)
@@ -287,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(needed with an adapter-only checkpoint)")
     p.add_argument("--out", required=True, help="where to write the merged state dict")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("diagnose", help="routing, cross-layer CKA and effective receptive "
+                                        "field of a trained dense cell")
+    p.add_argument("--result", required=True,
+                   help="a result JSON of `train` (its RESULT.adapter.pth is read beside it)")
+    p.add_argument("--images", type=_count(1), default=16,
+                   help="validation images to diagnose over (default 16)")
+    p.add_argument("--out", help="where to write the JSON (default: RESULT.diagnostics.json)")
+    p.set_defaults(func=cmd_diagnose)
 
     d = Setting()  # Table 15's setting
     p = sub.add_parser(

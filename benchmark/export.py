@@ -1,5 +1,5 @@
 """A trained cell's method state in the release naming: what ``train`` writes next to its
-result, and what ``merge`` reads.
+result, and what ``merge`` and ``params --checkpoint`` read.
 
 The state comes from the run's last checkpoint in its work dir (mmengine saves the whole
 model there). It holds only what the method trained in the backbone: a PEFT method's modules
@@ -60,3 +60,24 @@ def export_cell(cell: Cell, work_dir: str | os.PathLike, out: str | os.PathLike)
     torch.save(state, buf)
     write_bytes_atomic(out, buf.getvalue())
     return len(state)
+
+
+def compare_state(host, source: str | os.PathLike) -> tuple[int, list[str]]:
+    """(parameters in ``source``, what differs from the method state ``host`` would write):
+    a file of another method, backbone or option set differs in names or shapes."""
+    from methods.checkpoints import read_state_dict
+
+    theirs, ours = read_state_dict(source), method_state(host)
+    problems = []
+    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    shaped = sorted(k for k in set(ours) & set(theirs)
+                    if tuple(ours[k].shape) != tuple(theirs[k].shape))
+    if shaped:
+        k = shaped[0]
+        problems.append(f"{len(shaped)} of another shape (e.g. {k}: {tuple(theirs[k].shape)}, "
+                        f"expected {tuple(ours[k].shape)})")
+    return sum(v.numel() for v in theirs.values()), problems

@@ -1,5 +1,6 @@
 """The researcher's workflow from a plain shell: arguments refused before any model is built
-(one line, exit 2, nothing on disk), a fast ``--help``, and train -> export -> merge."""
+(one line, exit 2, nothing on disk), a fast ``--help``, a quiet console, and
+train -> export -> merge."""
 from __future__ import annotations
 
 import json
@@ -115,6 +116,18 @@ def test_train_export_merge_gives_the_trained_outputs(tmp_path, cifar, pretraine
     for key, value in trained.model.state_dict().items():
         assert torch.equal(saved["state_dict"][f"backbone.model.{key}"], value), key
 
+    sets = [a for k, v in options.items() for a in ("--set", f"{k}={v}")]
+    count = ["params", "--backbone", "swin-micro", "--method", "lora", "--task", "cifar100",
+             "--checkpoint", str(adapter), "--format", "json"]
+    assert main(count + sets) == 0
+    captured = capsys.readouterr()
+    n = sum(v.numel() for v in state.values())
+    assert f"{adapter}: {n} parameters, the lora state these options build" in captured.err
+    assert json.loads(captured.out)[0]["trainable_backbone_params"] == n
+    assert options.get("rank") != 7
+    assert main(count + ["--set", "rank=7"]) == 2  # other options than it trained with
+    assert "is not lora on swin-micro with these options" in capsys.readouterr().err
+
     merged = tmp_path / "merged.pth"
     assert main(["merge", "--backbone", "swin-micro", "--method", "lora", "--task", "cifar100",
                  "--checkpoint", str(adapter), "--out", str(merged)]) == 2
@@ -124,8 +137,7 @@ def test_train_export_merge_gives_the_trained_outputs(tmp_path, cifar, pretraine
     assert "holds no lora weights" in capsys.readouterr().err
     assert not merged.exists()
     assert main(["merge", "--backbone", "swin-micro", "--method", "lora", "--task", "cifar100",
-                 *[a for k, v in options.items() for a in ("--set", f"{k}={v}")],
-                 "--checkpoint", str(adapter), "--pretrained", str(pretrained),
+                 *sets, "--checkpoint", str(adapter), "--pretrained", str(pretrained),
                  "--out", str(merged)]) == 0
     plain = create_backbone("swin-micro", dense=False)
     plain.model.load_state_dict(torch.load(merged, weights_only=True))
@@ -134,3 +146,35 @@ def test_train_export_merge_gives_the_trained_outputs(tmp_path, cifar, pretraine
     with torch.no_grad():
         for a, b in zip(run(trained, x), run(plain, x)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["ade20k", "coco_instance"])
+def test_a_cell_prints_a_progress_bar_and_a_summary_and_v_the_full_log(tmp_path, task,
+                                                                      pretrained):
+    """By default a cell's console is its progress bars, warnings worth a look and one
+    summary line in the tables' units (COCO APs in percent); -v is mmengine's own log. The
+    run's log file holds the full log (config, hooks, per-class table) either way."""
+    data = generate(task, tmp_path / "data", seed=0, train=8, val=4)
+    base = [str(EXE), "train", "--task", task, "--backbone", "swin-micro", "--method", "lora",
+            "--data", str(data), "--pretrained", str(pretrained), "--iters", "12"]
+    quiet = subprocess.run(base + ["--out", str(tmp_path / "q.json")], capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    console = (quiet.stdout + quiet.stderr).replace("\r", "\n").splitlines()
+    shown = [line for line in console if line.strip() and "%|" not in line]  # bar updates aside
+    assert len(console) < 40 and len(shown) <= 3, "\n".join(shown)
+    assert any("train: 100%|" in line and "12/12" in line and "loss" in line for line in console)
+    summary = next(line for line in quiet.stdout.splitlines() if line.startswith(task))
+    primary = json.loads((tmp_path / "q.json").read_text())["metrics"]
+    if task == "ade20k":
+        assert f"mIoU {primary['mIoU']:.2f}" in summary
+    else:
+        assert f"AP_box {100 * primary['coco/bbox_mAP']:.2f}" in summary
+    (log,) = (tmp_path / "q.work").rglob("*/*.log")
+    assert "Config:" in log.read_text() and "Iter(train) [10/12]" in log.read_text()
+
+    loud = subprocess.run(base + ["--out", str(tmp_path / "v.json"), "-v"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr
+    assert "Config:" in loud.stdout and "Iter(train) [10/12]" in loud.stdout
+    assert "%|" not in loud.stderr
