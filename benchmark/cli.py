@@ -129,9 +129,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from catalog import Cell
 
     from .console import filter_noise
-    from .diagnostics import diagnose, trained_host, validation_images
+    from .diagnostics import diagnose, figures_html, trained_host, validation_images
     from .export import adapter_path
-    from .io import write_json_atomic
+    from .io import write_json_atomic, write_text_atomic
 
     filter_noise()
     result = json.loads(Path(args.result).read_text())
@@ -146,11 +146,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     report = diagnose(trained_host(result, state_file), validation_images(cell, args.images))
     out = Path(args.out) if args.out else Path(args.result).with_suffix(".diagnostics.json")
     write_json_atomic(out, {"cell": result["cell"], **report})
+    write_text_atomic(out.with_suffix(".html"), figures_html(cell.id, report))
     flagged = ", ".join(report["collapsed"]) or "none"
     print(f"{cell.id}: {report['images']} images, stage redundancy "
           f"{', '.join('-' if r is None else f'{r:.2f}' for r in report['redundancy'])}, ERF 50% "
           f"in {100 * report['erf']['mass_area']['0.5']:.1f}% of the input, collapsed gates: "
-          f"{flagged} -> {out}")
+          f"{flagged} -> {out} (figures: {out.with_suffix('.html')})")
     return 0
 
 
@@ -355,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a result JSON of `train` (its RESULT.adapter.pth is read beside it)")
     p.add_argument("--images", type=_count(1), default=16,
                    help="validation images to diagnose over (default 16)")
-    p.add_argument("--out", help="where to write the JSON (default: RESULT.diagnostics.json)")
+    p.add_argument("--out", help="where to write the JSON (default: RESULT.diagnostics.json; "
+                                 "its figures go beside it as .html)")
     p.set_defaults(func=cmd_diagnose)
 
     d = Setting()  # Table 15's setting

@@ -267,3 +267,72 @@ def diagnose(host, images: torch.Tensor, erf_images: int = 8) -> dict:
         "collapsed": [f"{m['module']}.{g}" for m in gates for g, s in m["groups"].items()
                       if s["collapsed"]],
     }
+
+
+# -- figures --------------------------------------------------------------------------------------
+def _shade(t: float) -> str:
+    """0 -> white, 1 -> deep blue (a single-hue ramp: readable in grey and for colour-blind
+    readers); NaN -> light grey."""
+    if t != t:  # NaN
+        return "#d9dce1"
+    t = min(max(t, 0.0), 1.0)
+    low, high = (255, 255, 255), (8, 48, 107)
+    return "#" + "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high))
+
+
+def heatmap_svg(values: Sequence[Sequence[float]], title: str, row_labels: Sequence[str] = (),
+                col_labels: Sequence[str] = (), vmin: float | None = None,
+                vmax: float | None = None, cell: int = 14) -> str:
+    """An inline SVG heatmap of a (rows x cols) matrix: one square per value (its value in a
+    tooltip), shaded from ``vmin`` (white) to ``vmax`` (blue; default: the data's range), with
+    row and column labels, for the leaderboard's diagnostics (no external files)."""
+    from html import escape
+
+    rows = [list(map(float, r)) for r in values]
+    finite = [v for r in rows for v in r if v == v] or [0.0, 1.0]
+    lo = min(finite) if vmin is None else vmin
+    hi = max(finite) if vmax is None else vmax
+    span = hi - lo or 1.0
+    left = 8 + 7 * max((len(s) for s in row_labels), default=0)
+    top = 22 + (7 * max((len(s) for s in col_labels), default=0) if col_labels else 0)
+    n_cols = max((len(r) for r in rows), default=0)
+    width, height = left + n_cols * cell + 4, top + len(rows) * cell + 4
+    out = [f'<svg class="heatmap" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} '
+           f'{height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+           f'<text x="0" y="13" font-size="12">{escape(title)}</text>']
+    for j, label in enumerate(col_labels):
+        x = left + j * cell + cell / 2
+        out.append(f'<text font-size="10" transform="translate({x:.1f},{top - 3}) rotate(-90)">'
+                   f'{escape(label)}</text>')
+    for i, row in enumerate(rows):
+        y = top + i * cell
+        if i < len(row_labels):
+            out.append(f'<text x="{left - 4}" y="{y + cell - 3}" font-size="10" '
+                       f'text-anchor="end">{escape(row_labels[i])}</text>')
+        for j, v in enumerate(row):
+            out.append(f'<rect x="{left + j * cell}" y="{y}" width="{cell}" height="{cell}" '
+                       f'fill="{_shade((v - lo) / span)}"><title>{v:.3g}</title></rect>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def figures_html(cell_id: str, report: dict) -> str:
+    """A self-contained page of a :func:`diagnose` report: the CKA heatmap, the ERF map and,
+    per gate group, the mean gate of every routed module (rows) over its experts."""
+    from html import escape
+
+    blocks = [f"s{b['stage']}.b{b['index']}" for b in report["blocks"]]
+    parts = [heatmap_svg(report["cka"], "linear CKA between block outputs", blocks, blocks,
+                         vmin=0.0, vmax=1.0),
+             heatmap_svg(report["erf"]["map"], "effective receptive field (last stage)",
+                         cell=3)]
+    groups = list(report["routing"][0]["groups"]) if report["routing"] else []
+    for group in groups:
+        rows = [m["groups"][group]["mean_gate"] for m in report["routing"]]
+        parts.append(heatmap_svg(rows, f"mean gate: {group}", [m["module"] for m in
+                                 report["routing"]], vmin=0.0, vmax=1.0))
+    body = "\n".join(f"<figure>{p}</figure>" for p in parts)
+    return (f"<!doctype html><meta charset=utf-8><title>{escape(cell_id)} diagnostics</title>"
+            f"<style>body{{font:14px system-ui,sans-serif}} figure{{display:inline-block;"
+            f"vertical-align:top;margin:0 2rem 1rem 0}}</style>"
+            f"<h1>{escape(cell_id)}</h1><p>{report['images']} validation images</p>{body}")

@@ -146,8 +146,30 @@ def test_diagnose_a_trained_cell_from_its_result(tmp_path):
                                          for m in host.model.modules())
     assert sum(map(sum, report["erf"]["map"])) == pytest.approx(1.0)
     assert 0 < report["erf"]["mass_area"]["0.2"] < report["erf"]["mass_area"]["0.9"] <= 1
+    page = out.with_suffix(".diagnostics.html").read_text()
+    assert page.count("<svg") == 2 + 5  # CKA, ERF, and the mean gates of down, up, k3, k5, k7
 
     scratch = tmp_path / "scratch.json"
     assert main(["train", "--task", "ade20k", "--backbone", "swin-micro", "--method", "lora",
                  "--data", str(data), "--out", str(scratch), "--from-scratch", "--iters", "2"]) == 0
     assert main(["diagnose", "--result", str(scratch)]) == 2
+
+
+def test_heatmap_svg_has_one_square_per_value_shaded_by_value():
+    import xml.etree.ElementTree as ET
+
+    from benchmark.diagnostics import heatmap_svg
+
+    svg = heatmap_svg([[0.0, 0.5, 1.0], [1.0, float("nan"), 0.25]], "CKA <blocks>",
+                      row_labels=["b0", "b1"], col_labels=["x", "y", "z"], vmin=0, vmax=1)
+    root = ET.fromstring(svg)  # well-formed, the title escaped
+    ns = "{http://www.w3.org/2000/svg}"
+    rects = root.findall(f"{ns}rect")
+    assert len(rects) == 6
+    fills = [r.get("fill") for r in rects]
+    assert fills[0] == "#ffffff" and fills[2] == fills[3] == "#08306b"
+    assert fills[4] == "#d9dce1"  # NaN
+    darkness = [int(f[1:3], 16) for f in (fills[0], fills[5], fills[1], fills[2])]
+    assert darkness == sorted(darkness, reverse=True)  # 0 < 0.25 < 0.5 < 1: darker
+    assert [r.find(f"{ns}title").text for r in rects[:3]] == ["0", "0.5", "1"]
+    assert "CKA &lt;blocks&gt;" in svg
