@@ -126,7 +126,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from catalog import Cell
+    from catalog import Cell, get_task
 
     from .console import filter_noise
     from .diagnostics import diagnose, figures_html, trained_host, validation_images
@@ -140,7 +140,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no method state beside the result: expected {state_file} "
                                 f"(`train` writes it)")
     cell = Cell.from_dict(result["cell"])
-    if not get_task_dense(cell.task):
+    if not get_task(cell.task).dense:
         raise ValueError(f"diagnose: {cell.task} is not a dense task (the diagnostics read "
                          f"multi-scale features)")
     report = diagnose(trained_host(result, state_file), validation_images(cell, args.images))
@@ -153,12 +153,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
           f"in {100 * report['erf']['mass_area']['0.5']:.1f}% of the input, collapsed gates: "
           f"{flagged} -> {out} (figures: {out.with_suffix('.html')})")
     return 0
-
-
-def get_task_dense(task: str) -> bool:
-    from catalog import get_task
-
-    return get_task(task).dense
 
 
 def _size(text: str) -> tuple[int, int]:
