@@ -95,9 +95,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     from methods import build, merge
     from methods.base import PEFTMethod
-    from methods.checkpoints import load_official, read_state_dict
+    from methods.checkpoints import load_official
 
-    from .export import method_state
+    from .export import method_state, on_backbone
     from .io import write_bytes_atomic
 
     for path in filter(None, (args.checkpoint, args.pretrained)):
@@ -106,10 +106,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     host = build(args.backbone, args.method, args.task, num_classes=0, **_parse_set(args.set))
     if type(host.method).merge is PEFTMethod.merge:  # not mergeable: say so before reading
         host.method.merge(host)
-    state = read_state_dict(args.checkpoint)
-    if args.pretrained:  # `train`'s method state: the backbone it was trained on comes first
-        state = {**read_state_dict(args.pretrained), **state}
-    elif set(state) <= set(method_state(host)):
+    # `train`'s method state goes over the backbone it was trained on
+    state = on_backbone(args.checkpoint, args.pretrained)
+    if not args.pretrained and set(state) <= set(method_state(host)):
         raise ValueError(f"{args.checkpoint} holds only the method's weights: give the backbone "
                          f"they were trained on with --pretrained")
     report = load_official(host, state)

@@ -200,16 +200,15 @@ def validation_images(cell, n: int) -> torch.Tensor:
     """The first ``n`` validation images of ``cell``'s task as its model sees them (through
     the task's validation pipeline and data preprocessor): (n, 3, H, W)."""
     from mmengine.dataset import pseudo_collate
-    from mmengine.registry import DATASETS, MODELS, DefaultScope
+    from mmengine.registry import DATASETS, MODELS, DefaultScope, init_default_scope
 
     import tasks.backbone  # noqa: F401  (registers the task models' parts)
     from tasks import task_config
 
     cfg = task_config(cell)
     scope = cfg.get("default_scope")
-    with DefaultScope.overwrite_default_scope(scope) if scope else _no_scope():
+    with DefaultScope.overwrite_default_scope(scope):  # (None: as it is)
         if scope:
-            from mmengine.registry import init_default_scope
             init_default_scope(scope)
         dataset = DATASETS.build(cfg["val_dataloader"]["dataset"])
         preprocessor = MODELS.build(cfg["model"]["data_preprocessor"]) \
@@ -220,17 +219,14 @@ def validation_images(cell, n: int) -> torch.Tensor:
         return preprocessor(batch, training=False)["inputs"]
 
 
-@contextmanager
-def _no_scope() -> Iterator[None]:
-    yield
-
-
 def trained_host(result: dict, state_file) -> "object":
     """The backbone of a result's cell with its trained method state (``train``'s
     RESULT.adapter.pth) on the pretrained backbone it names."""
     from catalog import Cell
     from methods import build
-    from methods.checkpoints import load_official, read_state_dict
+    from methods.checkpoints import load_official
+
+    from .export import on_backbone
 
     cell = Cell.from_dict(result["cell"])
     if not cell.pretrained and cell.method != "full":
@@ -238,10 +234,7 @@ def trained_host(result: dict, state_file) -> "object":
                          f"random backbone under it was not (diagnose a cell trained with "
                          f"--pretrained)")
     host = build(cell.backbone, cell.method, cell.task, **dict(cell.options))
-    state = read_state_dict(state_file)
-    if cell.pretrained:
-        state = {**read_state_dict(cell.pretrained), **state}
-    load_official(host, state)
+    load_official(host, on_backbone(state_file, cell.pretrained))
     host.model.eval()
     return host
 
@@ -249,10 +242,8 @@ def trained_host(result: dict, state_file) -> "object":
 def diagnose(host, images: torch.Tensor, erf_images: int = 8) -> dict:
     """Every diagnostic of a dense ``host`` over ``images`` (N, 3, H, W)."""
     blocks = [b.module for b in host.blocks]
-    with torch.no_grad():
+    with torch.no_grad(), recording_outputs(blocks) as outs:  # one pass records both
         gates = routing(host.model, lambda: host.forward_features(images))
-        with recording_outputs(blocks) as outs:
-            host.forward_features(images)
     cka = cka_matrix([o[0] for o in outs])
     stages = [b.stage for b in host.blocks]
     erf = effective_receptive_field(lambda x: host.forward_features(x)[-1], images[:erf_images])

@@ -81,3 +81,13 @@ def compare_state(host, source: str | os.PathLike) -> tuple[int, list[str]]:
         problems.append(f"{len(shaped)} of another shape (e.g. {k}: {tuple(theirs[k].shape)}, "
                         f"expected {tuple(ours[k].shape)})")
     return sum(v.numel() for v in theirs.values()), problems
+
+
+def on_backbone(state_file: str | os.PathLike,
+                pretrained: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+    """A method state file over the backbone checkpoint it was trained on (None: the file
+    alone, e.g. a release checkpoint that holds both), ready for ``load_official``."""
+    from methods.checkpoints import read_state_dict
+
+    state = read_state_dict(state_file)
+    return {**read_state_dict(pretrained), **state} if pretrained else state
