@@ -125,32 +125,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from catalog import Cell, get_task
-
     from .console import filter_noise
-    from .diagnostics import diagnose, figures_html, trained_host, validation_images
-    from .export import adapter_path
-    from .io import write_json_atomic, write_text_atomic
+    from .diagnostics import diagnose_result, summary
 
     filter_noise()
-    result = json.loads(Path(args.result).read_text())
-    state_file = adapter_path(args.result)
-    if not state_file.is_file():
-        raise FileNotFoundError(f"no method state beside the result: expected {state_file} "
-                                f"(`train` writes it)")
-    cell = Cell.from_dict(result["cell"])
-    if not get_task(cell.task).dense:
-        raise ValueError(f"diagnose: {cell.task} is not a dense task (the diagnostics read "
-                         f"multi-scale features)")
-    report = diagnose(trained_host(result, state_file), validation_images(cell, args.images))
     out = Path(args.out) if args.out else Path(args.result).with_suffix(".diagnostics.json")
-    write_json_atomic(out, {"cell": result["cell"], **report})
-    write_text_atomic(out.with_suffix(".html"), figures_html(cell.id, report))
-    flagged = ", ".join(report["collapsed"]) or "none"
-    print(f"{cell.id}: {report['images']} images, stage redundancy "
-          f"{', '.join('-' if r is None else f'{r:.2f}' for r in report['redundancy'])}, ERF 50% "
-          f"in {100 * report['erf']['mass_area']['0.5']:.1f}% of the input, collapsed gates: "
-          f"{flagged} -> {out} (figures: {out.with_suffix('.html')})")
+    report = diagnose_result(args.result, args.images, out)
+    print(summary(report, out))
     return 0
 
 

@@ -9,13 +9,16 @@ receptive field (the paper's Figures 1c and 5, and what its reviewers asked for)
 - Linear CKA (Kornblith et al. 2019) between the outputs of every pair of blocks, each image's
   output flattened, with a redundancy score per stage (the mean off-diagonal CKA).
 - The effective receptive field of the last stage (Luo et al. 2016): the gradient of the
-  centre output, summed over channels, with respect to the input, in absolute value, averaged
-  over images; summarised by the share of the input area that holds 20% / 50% / 90% of it.
+  centre output (the 2 or 4 positions around the middle of an even-sized map), summed over
+  channels, with respect to the input, in absolute value, averaged over images; summarised by the share of the input area that holds 20% / 50% / 90% of it.
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -75,7 +78,8 @@ def effective_receptive_field(features: Callable[[torch.Tensor], torch.Tensor],
     x = images.detach().clone().requires_grad_(True)
     out = features(x)
     h, w = out.shape[-2:]
-    out[..., h // 2, w // 2].sum().backward()
+    # the centre: one position of an odd side, the two around the middle of an even one
+    out[..., (h - 1) // 2:h // 2 + 1, (w - 1) // 2:w // 2 + 1].sum().backward()
     grad = x.grad.abs().sum(dim=1).mean(dim=0).double()
     total = grad.sum()
     return grad / total if total > 0 else grad
@@ -252,7 +256,9 @@ def diagnose(host, images: torch.Tensor, erf_images: int = 8) -> dict:
         "blocks": [{"stage": b.stage, "index": b.index} for b in host.blocks],
         "cka": cka,
         "redundancy": stage_redundancy(cka, stages),
-        "erf": {"map": erf.tolist(), "images": int(min(erf_images, images.shape[0])),
+        # the map relative to its peak, for the figures; the areas from the map itself
+        "erf": {"map": (erf / erf.max().clamp_min(1e-300)).round(decimals=4).tolist(),
+                "images": int(min(erf_images, images.shape[0])),
                 "mass_area": {str(q): mass_area(erf, q) for q in MASS_LEVELS}},
         "routing": gates,
         "collapsed": [f"{m['module']}.{g}" for m in gates for g, s in m["groups"].items()
@@ -260,70 +266,82 @@ def diagnose(host, images: torch.Tensor, erf_images: int = 8) -> dict:
     }
 
 
-# -- figures --------------------------------------------------------------------------------------
-def _shade(t: float) -> str:
-    """0 -> white, 1 -> deep blue (a single-hue ramp: readable in grey and for colour-blind
-    readers); NaN -> light grey."""
-    if t != t:  # NaN
-        return "#d9dce1"
-    t = min(max(t, 0.0), 1.0)
-    low, high = (255, 255, 255), (8, 48, 107)
-    return "#" + "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high))
+# -- figures ------------------------------------------------------------------------------------
+def block_labels(report: dict) -> list[str]:
+    return [f"s{b['stage']}.b{b['index']}" for b in report["blocks"]]
 
 
-def heatmap_svg(values: Sequence[Sequence[float]], title: str, row_labels: Sequence[str] = (),
-                col_labels: Sequence[str] = (), vmin: float | None = None,
-                vmax: float | None = None, cell: int = 14) -> str:
-    """An inline SVG heatmap of a (rows x cols) matrix: one square per value (its value in a
-    tooltip), shaded from ``vmin`` (white) to ``vmax`` (blue; default: the data's range), with
-    row and column labels, for the leaderboard's diagnostics (no external files)."""
-    from html import escape
-
-    rows = [list(map(float, r)) for r in values]
-    finite = [v for r in rows for v in r if v == v] or [0.0, 1.0]
-    lo = min(finite) if vmin is None else vmin
-    hi = max(finite) if vmax is None else vmax
-    span = hi - lo or 1.0
-    left = 8 + 7 * max((len(s) for s in row_labels), default=0)
-    top = 22 + (7 * max((len(s) for s in col_labels), default=0) if col_labels else 0)
-    n_cols = max((len(r) for r in rows), default=0)
-    width, height = left + n_cols * cell + 4, top + len(rows) * cell + 4
-    out = [f'<svg class="heatmap" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} '
-           f'{height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
-           f'<text x="0" y="13" font-size="12">{escape(title)}</text>']
-    for j, label in enumerate(col_labels):
-        x = left + j * cell + cell / 2
-        out.append(f'<text font-size="10" transform="translate({x:.1f},{top - 3}) rotate(-90)">'
-                   f'{escape(label)}</text>')
-    for i, row in enumerate(rows):
-        y = top + i * cell
-        if i < len(row_labels):
-            out.append(f'<text x="{left - 4}" y="{y + cell - 3}" font-size="10" '
-                       f'text-anchor="end">{escape(row_labels[i])}</text>')
-        for j, v in enumerate(row):
-            out.append(f'<rect x="{left + j * cell}" y="{y}" width="{cell}" height="{cell}" '
-                       f'fill="{_shade((v - lo) / span)}"><title>{v:.3g}</title></rect>')
-    out.append("</svg>")
-    return "\n".join(out)
+def module_label(name: str) -> str:
+    """A routed module's name for figures: ``s2.b1.attn_out`` for a Swin/ConvNeXt site."""
+    return re.sub(r"^(?:model\.)?(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.peft_sites\.(\w+)\.\d+$",
+                  r"s\1.b\2.\3", name)
 
 
-def figures_html(cell_id: str, report: dict) -> str:
-    """A self-contained page of a :func:`diagnose` report: the CKA heatmap, the ERF map and,
-    per gate group, the mean gate of every routed module (rows) over its experts."""
-    from html import escape
+def panels(report: dict) -> list[str]:
+    """A report's figures, each an SVG: the CKA heatmap, the ERF map and, per gate group, the
+    mean gate of every routed module (a row) over its experts, over the first n images for
+    each n the report has and over all of them, side by side (the paper's Figure 5)."""
+    from .figures import heatmap_svg, map_svg
 
-    blocks = [f"s{b['stage']}.b{b['index']}" for b in report["blocks"]]
-    parts = [heatmap_svg(report["cka"], "linear CKA between block outputs", blocks, blocks,
-                         vmin=0.0, vmax=1.0),
-             heatmap_svg(report["erf"]["map"], "effective receptive field (last stage)",
-                         cell=3)]
-    groups = list(report["routing"][0]["groups"]) if report["routing"] else []
-    for group in groups:
-        rows = [m["groups"][group]["mean_gate"] for m in report["routing"]]
-        parts.append(heatmap_svg(rows, f"mean gate: {group}", [m["module"] for m in
-                                 report["routing"]], vmin=0.0, vmax=1.0))
-    body = "\n".join(f"<figure>{p}</figure>" for p in parts)
-    return (f"<!doctype html><meta charset=utf-8><title>{escape(cell_id)} diagnostics</title>"
-            f"<style>body{{font:14px system-ui,sans-serif}} figure{{display:inline-block;"
-            f"vertical-align:top;margin:0 2rem 1rem 0}}</style>"
-            f"<h1>{escape(cell_id)}</h1><p>{report['images']} validation images</p>{body}")
+    blocks = block_labels(report)
+    out = [heatmap_svg(report["cka"], "linear CKA between block outputs", blocks, blocks,
+                       vmin=0.0, vmax=1.0),
+           map_svg(report["erf"]["map"], "ERF of the last stage", vmin=0.0, vmax=1.0)]
+    routing = report["routing"]
+    modules = [module_label(m["module"]) for m in routing]
+    for group in list(routing[0]["groups"]) if routing else []:
+        stats = [m["groups"][group] for m in routing]
+        width = max(s["experts"] for s in stats)
+        sizes = [*stats[0]["mean_gate_at"], str(stats[0]["images"])]
+        rows = []
+        for s in stats:
+            gates = [*s["mean_gate_at"].values(), s["mean_gate"]]
+            rows.append([v for g in gates for v in [*g, *[None] * (width - len(g) + 1)]][:-1])
+        out.append(heatmap_svg(rows, f"mean gate, {group}: {' | '.join(sizes)} images", modules,
+                               vmin=0.0, vmax=1.0, cell=10))
+    return out
+
+
+def figure_svg(cell_id: str, report: dict) -> str:
+    """One self-contained SVG of every figure of a :func:`diagnose` report."""
+    from .figures import side_by_side
+
+    return side_by_side(panels(report), f"{cell_id}: {report['images']} validation images")
+
+
+def diagnose_result(result_file: str | Path, images: int, out: str | Path) -> dict:
+    """Diagnose the cell of a result file from its method state beside it (RESULT.adapter.pth)
+    on its first ``images`` validation images; write the report to ``out`` (JSON) and its
+    figure beside it (.svg), atomically; return the report."""
+    from catalog import Cell, get_task
+
+    from .export import adapter_path
+    from .io import write_json_atomic, write_text_atomic
+
+    result = json.loads(Path(result_file).read_text())
+    state_file = adapter_path(result_file)
+    if not state_file.is_file():
+        raise FileNotFoundError(f"no method state beside the result: expected {state_file} "
+                                f"(`train` writes it)")
+    cell = Cell.from_dict(result["cell"])
+    if not get_task(cell.task).dense:
+        raise ValueError(f"diagnose: {cell.task} is not a dense task (the diagnostics read "
+                         f"multi-scale features)")
+    report = {"cell": result["cell"],
+              **diagnose(trained_host(result, state_file), validation_images(cell, images))}
+    out = Path(out)
+    write_json_atomic(out, report)
+    write_text_atomic(out.with_suffix(".svg"), figure_svg(cell.id, report))
+    return report
+
+
+def summary(report: dict, out: str | Path) -> str:
+    """One line: the redundancy per stage, the ERF's 50% area and any collapsed gates."""
+    from catalog import Cell
+
+    cell_id = Cell.from_dict(report["cell"]).id
+    redundancy = ", ".join("-" if r is None else f"{r:.2f}" for r in report["redundancy"])
+    return (f"{cell_id}: {report['images']} images, stage redundancy {redundancy}, ERF 50% in "
+            f"{100 * report['erf']['mass_area']['0.5']:.1f}% of the input, collapsed gates: "
+            f"{', '.join(report['collapsed']) or 'none'} -> {out} (figure: "
+            f"{Path(out).with_suffix('.svg')})")

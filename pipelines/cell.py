@@ -3,7 +3,9 @@ through the launcher params.yaml names.
 
 The cell comes from the grid (pipelines/grid.py), its method options sized to the profile's
 budget when it runs. A method that cannot run on the backbone (VPT on ConvNeXt) gets a
-result file saying so instead of failing the pipeline.
+result file saying so instead of failing the pipeline. A cell the profile's ``diagnostics``
+cover also writes its trained method state beside its result (RESULT.adapter.pth, as
+``parax-bench train`` does), which its ``diagnose-`` stage reads.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 from benchmark.io import write_json_atomic
-from pipelines.grid import expand, load_params, not_applicable, resolve, result_path
+from pipelines.grid import diagnosed, expand, load_params, not_applicable, resolve, result_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     ensure(params, cell.task)
     print(f"[cell] {cell.id} via {params['launcher']['kind']}", flush=True)
     work = Path("work") / params["grid"]["profile"] / cell.id
-    return launch(resolve(params, cell), params["launcher"], out, work, work)
+    resolved = resolve(params, cell)
+    code = launch(resolved, params["launcher"], out, work, work)
+    if code == 0 and diagnosed(params, cell):
+        from benchmark.export import adapter_path, export_cell
+
+        n = export_cell(resolved, work, adapter_path(out))
+        print(f"[cell] {cell.id}: method state ({n} tensors) -> {adapter_path(out)}", flush=True)
+    return code
 
 
 if __name__ == "__main__":

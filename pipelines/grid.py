@@ -142,6 +142,20 @@ def result_path(params: dict[str, Any], cell: Cell) -> Path:
     return Path("results/runs") / params["grid"]["profile"] / f"{cell.id}.json"
 
 
+def diagnosed(params: dict[str, Any], cell: Cell) -> bool:
+    """Whether the profile's ``diagnostics`` cover the cell: a main-grid cell (no sweep point or
+    ablation) of one of its tasks, at one of its seeds. Such a cell keeps its trained method
+    state beside its result, for its ``diagnose-`` stage."""
+    spec = params["grid"].get("diagnostics") or {}
+    return (not cell.sweep and cell.variant is None and cell.task in spec.get("tasks", [])
+            and cell.seed in spec.get("seeds", params["grid"]["seeds"])
+            and not_applicable(cell) is None)
+
+
+def diagnostics_path(params: dict[str, Any], cell: Cell) -> Path:
+    return Path("results/diagnostics") / params["grid"]["profile"] / f"{cell.id}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the grid's cell ids, for running independent cells in parallel outside DVC
     (`python -m pipelines.cell ID` each; then `dvc commit -f` records their results and

@@ -6,13 +6,14 @@
    after its source data); unless forced, ``dvc repro`` of them then re-runs what a new
    output made stale;
 2. every cell stage that is out of date (all of them with ``--force``) runs its own command,
-   ``--jobs`` at a time;
+   ``--jobs`` at a time, and so does each cell's ``diagnose-`` stage, once its cell is done;
 3. the finished stages are recorded in dvc.lock as ``dvc commit`` records them, exactly as if
    DVC had run them (every stage logs to ``work/PROFILE/logs/STAGE.log``);
 4. ``dvc repro`` runs what is left (efficiency table, aggregation, page).
 
-Each cell runs in a process of its own, forked from a server process that has imported the
-stack once (torch, timm, the OpenMMLab packages: about 6 s a cell otherwise). A cell computes
+Each cell (and diagnose stage) runs in a process of its own, forked from a server process
+that has imported the stack once (torch, timm, the OpenMMLab packages, their datasets and
+hooks: 6-9 s a cell otherwise). A cell computes
 the same numbers either way: cells do not share state, and each runs on the grid's
 ``threads`` (one in the mini profile, so two cells fill two cores; OMP_WAIT_POLICY=PASSIVE
 only stops idle threads spinning). ``--jobs 1`` is plain ``dvc repro``. A failing stage
@@ -38,13 +39,16 @@ from pipelines import stages as generated
 from pipelines.grid import load_params
 
 UPSTREAM = ("data-", "pretrain-")
-CELLS = ("cell-",)
-CELL_COMMAND = ["python", "-m", "pipelines.cell"]
-# What every cell imports; the fork server imports it once (an import error shows in the cell).
-PRELOAD = ["torch", "timm", "mmengine.runner", "mmseg.models", "mmdet.models", "mmpose.models",
-           "methods", "tasks.backbone", "tasks.classification", "tasks.detection", "tasks.panoptic",
-           "tasks.pose", "tasks.segmentation", "benchmark.runner", "benchmark.launch",
-           "pipelines.cell"]
+# Stages run in children of the fork server, by name prefix: the module their command runs.
+FORKED = {"cell-": "pipelines.cell", "diagnose-": "pipelines.diagnose"}
+CELLS = tuple(FORKED)
+# What the cells import; the fork server imports it once (an import error shows in the cell).
+PRELOAD = ["torch", "timm", "pandas", "mmengine.runner",
+           *(f"{package}.{part}" for package in ("mmseg", "mmdet", "mmpose")
+             for part in ("models", "datasets", "engine", "evaluation", "visualization")),
+           "mmpose.apis", "methods", "tasks.backbone", "tasks.classification", "tasks.detection",
+           "tasks.panoptic", "tasks.pose", "tasks.segmentation", "benchmark.runner",
+           "benchmark.launch", "benchmark.diagnostics", *FORKED.values()]
 
 
 def dvc(*args: str) -> None:
@@ -92,30 +96,32 @@ def stages() -> tuple[dict[str, str], set[str], dict[str, set[str]]]:
     return commands, stale, reads
 
 
-def cell_argv(name: str, command: str) -> list[str]:
-    """The ``pipelines.cell`` arguments of a cell stage's command."""
+def forked_argv(name: str, command: str) -> tuple[str, list[str]]:
+    """(module, arguments) of a forked stage's command, ``python -m MODULE ARGS...``."""
     args = shlex.split(command)
-    if args[:3] != CELL_COMMAND:
-        raise ValueError(f"stage {name}: expected a command '{shlex.join(CELL_COMMAND)} ...', "
+    module = FORKED[next(p for p in FORKED if name.startswith(p))]
+    if args[:3] != ["python", "-m", module]:
+        raise ValueError(f"stage {name}: expected a command 'python -m {module} ...', "
                          f"got '{command}'")
-    return args[3:]
+    return module, args[3:]
 
 
-def _cell(argv: list[str], log: str) -> None:
-    """One cell, in a child of the fork server, with its output in ``log``."""
+def _forked(module: str, argv: list[str], log: str) -> None:
+    """One stage's ``main(argv)``, in a child of the fork server, with its output in ``log``."""
+    import importlib
+
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
     multiprocessing.set_start_method(None, force=True)  # unset, as in a fresh interpreter
-    from pipelines.cell import main
-
-    sys.exit(main(argv))
+    sys.exit(importlib.import_module(module).main(argv))
 
 
-def run_cells(argvs: dict[str, list[str]], jobs: int, log_dir: Path) -> list[str]:
-    """Run each cell (stage name -> its ``pipelines.cell`` arguments) ``jobs`` at a time;
-    return the names that succeeded."""
+def run_cells(argvs: dict[str, tuple[str, list[str]]], after: dict[str, set[str]], jobs: int,
+              log_dir: Path) -> list[str]:
+    """Run each forked stage (name -> its module and arguments) ``jobs`` at a time, a stage
+    once the stages in ``after[stage]`` have succeeded; return the names that succeeded."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     # The server's OpenMP reads this when it loads; later stages (the efficiency timings)
@@ -124,12 +130,12 @@ def run_cells(argvs: dict[str, list[str]], jobs: int, log_dir: Path) -> list[str
         forkserver.ensure_running()
 
     def one(name: str, log: Path) -> int:
-        process = context.Process(target=_cell, args=(argvs[name], str(log)))
+        process = context.Process(target=_forked, args=(*argvs[name], str(log)))
         process.start()
         process.join()
         return process.exitcode
 
-    return run_pool(list(argvs), {}, one, jobs, log_dir)
+    return run_pool(list(argvs), after, one, jobs, log_dir)
 
 
 def run_commands(commands: dict[str, str], after: dict[str, set[str]], jobs: int,
@@ -233,11 +239,14 @@ def main(argv: list[str] | None = None) -> int:
 
         # A fresh clone has the synthetic datasets' stamps but not the data: write each once
         # here rather than from two cells at the same time.
-        argvs = {n: cell_argv(n, commands[n]) for n in cells}
-        for task in dict.fromkeys(a[0].split(".")[0] for a in argvs.values()):
+        argvs = {n: forked_argv(n, commands[n]) for n in cells}
+        for task in dict.fromkeys(a[0].split(".")[0] for _, a in argvs.values()):
             ensure(params, task)
-        print(f"[parallel] {len(cells)} cells, {args.jobs} at a time", flush=True)
-        done = run_cells(argvs, args.jobs, log_dir)
+        diagnose = sum(n.startswith("diagnose-") for n in cells)
+        print(f"[parallel] {len(cells) - diagnose} cells"
+              f"{f' and {diagnose} diagnose stages' if diagnose else ''}, {args.jobs} at a time",
+              flush=True)
+        done = run_cells(argvs, reads, args.jobs, log_dir)
         if done:
             commit(done)
         if len(done) < len(cells):

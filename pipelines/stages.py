@@ -25,7 +25,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from pipelines.grid import expand, grid_methods, load_params, result_path
+from pipelines.grid import (diagnosed, diagnostics_path, expand, grid_methods, load_params,
+                            result_path)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("catalog", "methods", "tasks", "benchmark", "pipelines")
@@ -189,11 +190,26 @@ def stages(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
             cell_params.append(f"methods.{cell.method}")
         if cell.variant is not None:
             cell_params.append(f"ablations.{cell.variant}")
+        out = result_path(params, cell)
+        keep = diagnosed(params, cell)
+        state = out.with_suffix(".adapter.pth").as_posix()
         result[f"cell-{cell.id}"] = {
             "cmd": f"python -m pipelines.cell {cell.id}",
             "deps": [*deps, f"results/data/{profile}/{cell.task}.json", cell.pretrained],
             "params": cell_params,
-            "outs": [out_file(result_path(params, cell).as_posix())]}
+            "outs": [out_file(out.as_posix()), *([out_file(state)] if keep else [])]}
+        if keep:  # right after its cell: the parallel runner takes stages in this order
+            report = diagnostics_path(params, cell)
+            result[f"diagnose-{cell.id}"] = {
+                "cmd": f"python -m pipelines.diagnose {cell.id}",
+                "deps": [*code_deps(["pipelines.diagnose", _kind_module(cell.task)], {cell.method}),
+                         out.as_posix(), state,
+                         f"results/data/{profile}/{cell.task}.json", cell.pretrained],
+                "params": ["grid.diagnostics.images",
+                           *(["grid.threads"] if "threads" in grid else [])],
+                "outs": [out_file(report.as_posix()),
+                         out_file(report.with_suffix(".svg").as_posix())]}
+    diagnosed_any = any(name.startswith("diagnose-") for name in result)
     measured = list(dict.fromkeys(_method_of(e) for e in grid["efficiency"]["methods"]))
     result["efficiency"] = {
         "cmd": "python -m pipelines.efficiency",
@@ -206,7 +222,8 @@ def stages(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     result["aggregate"] = {
         "cmd": "python -m pipelines.aggregate",
         "deps": [*code_deps(["pipelines.aggregate"], grid_methods(params)),
-                 f"results/runs/{profile}", f"results/efficiency/{profile}.json"],
+                 f"results/runs/{profile}", f"results/efficiency/{profile}.json",
+                 *([f"results/diagnostics/{profile}"] if diagnosed_any else [])],
         "params": ["grid", "ablations"],
         "outs": [out_file(f"results/tables/{profile}")]}
     result["leaderboard"] = {

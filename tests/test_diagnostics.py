@@ -3,6 +3,7 @@ entropy and usage at their bounds, and the gates recorded from a real ParaX host
 from __future__ import annotations
 
 import math
+import xml.etree.ElementTree as ET
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from benchmark.diagnostics import (cka_matrix, effective_receptive_field, gate_g
 from methods import build
 
 from .conftest import micro_input, run
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def test_cka_of_a_representation_with_itself_is_one():
@@ -60,6 +63,13 @@ def test_the_erf_of_one_conv_is_its_kernel_support(k):
     assert len(support) == k * k
     assert float(erf.sum()) == pytest.approx(1.0)
     assert mass_area(erf, 0.9999) == pytest.approx(k * k / 225)
+
+
+def test_the_erf_of_an_even_sized_map_is_centred():
+    """The centre of an even side is the two positions around its middle: a pointwise layer's
+    ERF is then the central 2 x 2 pixels (not a quadrant's corner)."""
+    erf = effective_receptive_field(nn.Conv2d(3, 2, 1), torch.randn(2, 3, 16, 16))
+    assert (erf > 0).nonzero().tolist() == [[7, 7], [7, 8], [8, 7], [8, 8]]
 
 
 def test_mass_area_of_a_uniform_and_a_point_map():
@@ -144,10 +154,15 @@ def test_diagnose_a_trained_cell_from_its_result(tmp_path):
     assert report["images"] == 3 and len(report["cka"]) == len(host.blocks)
     assert len(report["routing"]) == sum(type(m).__name__ == "ParaXModule"
                                          for m in host.model.modules())
-    assert sum(map(sum, report["erf"]["map"])) == pytest.approx(1.0)
+    assert max(map(max, report["erf"]["map"])) == 1.0  # relative to its peak
     assert 0 < report["erf"]["mass_area"]["0.2"] < report["erf"]["mass_area"]["0.9"] <= 1
-    page = out.with_suffix(".diagnostics.html").read_text()
-    assert page.count("<svg") == 2 + 5  # CKA, ERF, and the mean gates of down, up, k3, k5, k7
+    figure = ET.fromstring(out.with_suffix(".diagnostics.svg").read_text())  # well-formed
+    panels = figure.findall(f"{SVG}svg")  # CKA, ERF, and the mean gates of down, up, k3, k5, k7
+    assert [p.get("aria-label") for p in panels] == [
+        "linear CKA between block outputs", "ERF of the last stage",
+        *(f"mean gate, {g}: 3 images" for g in ("down", "up", "k3", "k5", "k7"))]
+    assert len(panels[0].findall(f"{SVG}rect")) == len(host.blocks) ** 2
+    assert panels[1].find(f"{SVG}image").get("href").startswith("data:image/png;base64,")
 
     scratch = tmp_path / "scratch.json"
     assert main(["train", "--task", "ade20k", "--backbone", "swin-micro", "--method", "lora",
@@ -156,20 +171,17 @@ def test_diagnose_a_trained_cell_from_its_result(tmp_path):
 
 
 def test_heatmap_svg_has_one_square_per_value_shaded_by_value():
-    import xml.etree.ElementTree as ET
-
-    from benchmark.diagnostics import heatmap_svg
+    from benchmark.figures import heatmap_svg
 
     svg = heatmap_svg([[0.0, 0.5, 1.0], [1.0, float("nan"), 0.25]], "CKA <blocks>",
                       row_labels=["b0", "b1"], col_labels=["x", "y", "z"], vmin=0, vmax=1)
     root = ET.fromstring(svg)  # well-formed, the title escaped
-    ns = "{http://www.w3.org/2000/svg}"
-    rects = root.findall(f"{ns}rect")
+    rects = root.findall(f"{SVG}rect")
     assert len(rects) == 6
     fills = [r.get("fill") for r in rects]
     assert fills[0] == "#ffffff" and fills[2] == fills[3] == "#08306b"
     assert fills[4] == "#d9dce1"  # NaN
     darkness = [int(f[1:3], 16) for f in (fills[0], fills[5], fills[1], fills[2])]
     assert darkness == sorted(darkness, reverse=True)  # 0 < 0.25 < 0.5 < 1: darker
-    assert [r.find(f"{ns}title").text for r in rects[:3]] == ["0", "0.5", "1"]
+    assert [r.find(f"{SVG}title").text for r in rects[:3]] == ["0", "0.5", "1"]
     assert "CKA &lt;blocks&gt;" in svg

@@ -17,7 +17,7 @@ from benchmark.aggregate import method_label
 from benchmark.reported import reported_table
 from benchmark.results import ResultFileError, load_result
 from pipelines import aggregate, cell, parallel, stages
-from pipelines.grid import expand, load_params
+from pipelines.grid import diagnosed, expand, load_params
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -76,12 +76,21 @@ def test_dvc_stages_are_the_grid(tmp_path, profile):
     with Repo(str(tmp_path)) as repo:
         commands = {Path(out.def_path).name: (stage.name, stage.cmd)
                     for stage in repo.index.stages for out in stage.outs
-                    if out.def_path.startswith("results/runs/")}
+                    if out.def_path.startswith(("results/runs/", "results/diagnostics/"))}
     cells = expand(params)
-    assert commands == {f"{c.id}.json": (f"cell-{c.id}", f"python -m pipelines.cell {c.id}")
-                        for c in cells}
+    kept = [c for c in cells if diagnosed(params, c)]  # seed 0 of the diagnostics' tasks
+    assert commands == {
+        **{f"{c.id}.json": (f"cell-{c.id}", f"python -m pipelines.cell {c.id}") for c in cells},
+        **{f"{c.id}.adapter.pth": (f"cell-{c.id}", f"python -m pipelines.cell {c.id}")
+           for c in kept},
+        **{f"{c.id}.{ext}": (f"diagnose-{c.id}", f"python -m pipelines.diagnose {c.id}")
+           for c in kept for ext in ("json", "svg")}}
+    assert {(c.task, c.seed) for c in kept} == {
+        (t, s) for t in params["grid"]["diagnostics"]["tasks"]
+        for s in params["grid"]["diagnostics"]["seeds"]}
     if profile == "paper":  # Tables 1-3: 3 tasks x 4 backbones, 4: 4 datasets, 9: 1, 10: 2
         assert len(cells) == (12 + 4 + 1 + 2) * 8 * 3 + 24 * 3
+        assert len(kept) == 4 * 8 - 2  # ADE20K's 4 backbones, but VPT on the two ConvNeXts
 
 
 def test_a_cell_depends_on_its_own_method_only():
@@ -118,11 +127,13 @@ def test_cell_refuses_a_cell_outside_the_grid(cell_id, message, capsys):
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_parallel_runs_only_cell_commands():
-    with pytest.raises(ValueError, match="stage x: expected a command 'python -m pipelines.cell"):
-        parallel.cell_argv("x", "python -m pipelines.data --dataset cifar100")
-    assert parallel.cell_argv("cell-a", "python -m pipelines.cell a.b.c.s0  --params p") == [
-        "a.b.c.s0", "--params", "p"]
+def test_parallel_forks_only_cell_and_diagnose_commands():
+    with pytest.raises(ValueError, match="stage cell-x: expected a command 'python -m pipelines.cell"):
+        parallel.forked_argv("cell-x", "python -m pipelines.data --dataset cifar100")
+    assert parallel.forked_argv("cell-a", "python -m pipelines.cell a.b.c.s0  --params p") == (
+        "pipelines.cell", ["a.b.c.s0", "--params", "p"])
+    assert parallel.forked_argv("diagnose-a", "python -m pipelines.diagnose a.b.c.s0") == (
+        "pipelines.diagnose", ["a.b.c.s0"])
 
 
 def test_parallel_reports_a_failing_cell(tmp_path, capsys, monkeypatch):
@@ -130,7 +141,8 @@ def test_parallel_reports_a_failing_cell(tmp_path, capsys, monkeypatch):
     cells' thread setting does not leak into later stages."""
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     bad = f"python -m pipelines.cell nosuch.swin-micro.parax.s0 --params {REPO / 'params.yaml'}"
-    assert parallel.run_cells({"cell-bad": parallel.cell_argv("cell-bad", bad)}, 2, tmp_path) == []
+    argvs = {"cell-bad": parallel.forked_argv("cell-bad", bad)}
+    assert parallel.run_cells(argvs, {}, 2, tmp_path) == []
     out, err = capsys.readouterr()
     assert f"1/1 cell-bad: FAILED (exit 2, log {tmp_path / 'cell-bad'}.log)" in out
     assert "no cell 'nosuch.swin-micro.parax.s0'" in (tmp_path / "cell-bad.log").read_text()
@@ -382,6 +394,7 @@ def test_a_new_method_file_joins_the_grid_and_nothing_else_reruns(tmp_path):
     assert abs(json.loads(sized.stdout)[0]["trainable_backbone_params"] - 5.2e6) < 0.1e6
     after = status()
     houlsby = {name for name in after if ".houlsby." in name or ".houlsby~" in name}
-    # (3 dense, 1 classification, 1 pose) x 3 seeds, and the sweep's 2 tasks x 2 budgets
-    assert len(houlsby) == 5 * 3 + 2 * 2 and not houlsby & before
+    # (3 dense, 1 classification, 1 pose) x 3 seeds, the sweep's 2 tasks x 2 budgets, and a
+    # diagnose stage for seed 0 of each dense task
+    assert len(houlsby) == 5 * 3 + 2 * 2 + 4 and not houlsby & before
     assert after - before - houlsby <= {"aggregate"}
