@@ -98,11 +98,15 @@ def _difference_cell(diff: dict[str, Any] | None, digits: int = 1) -> dict[str, 
 
 class Aggregator:
     def __init__(self, params: dict[str, Any], runs: list[Run], methods: list[str],
-                 efficiency: dict[str, Any] | None = None):
+                 efficiency: dict[str, Any] | None = None,
+                 diagnostics: dict[str, dict[str, Any]] | None = None,
+                 gpu_efficiency: dict[str, dict[str, Any]] | None = None):
         self.params = params
         self.runs = runs
         self.methods = methods  # the grid's, in its order
         self.efficiency_result = efficiency  # `parax-bench efficiency` output, if measured
+        self.diagnostics = diagnostics or {}  # cell id -> its diagnose report
+        self.gpu_efficiency = gpu_efficiency or {}  # amp -> the GPU check's Table 15
         self.reported = reported_table()
 
     # -- lookups -----------------------------------------------------------------------
@@ -381,6 +385,46 @@ class Aggregator:
                         "metric": metric.label, "points": points})
         return out
 
+    def diagnostics_sections(self) -> list[dict[str, Any]]:
+        """Per (task, backbone) with diagnosed cells: a table of each method's diagnostic
+        scalars, and its figures' data (``figures``: CKA, a coarsened ERF map, mean gates)."""
+        by_group: dict[tuple[str, str], list[Run]] = {}
+        for r in self.runs:
+            if r.cell.id in self.diagnostics:
+                by_group.setdefault((r.cell.task, r.cell.backbone), []).append(r)
+        sections = []
+        for (task, backbone), runs in by_group.items():
+            runs.sort(key=lambda r: (self.methods.index(r.cell.method), r.cell.seed))
+            reports = [self.diagnostics[r.cell.id] for r in runs]
+            stages = len(reports[0]["redundancy"])
+            columns = [{"key": "method", "label": "Method", "numeric": False},
+                       {"key": "seed", "label": "Seed", "numeric": True}]
+            columns += [{"key": f"redundancy{i}", "label": f"stage {i}", "numeric": True,
+                         "group": "CKA redundancy"} for i in range(stages)]
+            columns += [{"key": f"erf{q}", "label": f"{round(100 * float(q))}%", "numeric": True,
+                         "group": "ERF area (% of input)"} for q in reports[0]["erf"]["mass_area"]]
+            columns += [{"key": k, "label": label, "numeric": True, "group": "Gates"}
+                        for k, label in GATE_COLUMNS]
+            rows, figures = [], []
+            for r, report in zip(runs, reports):
+                row = {"method": {"text": method_label(r.cell.method), "value": method_label(r.cell.method)},
+                       "seed": {"text": str(r.cell.seed), "value": r.cell.seed}}
+                for i, v in enumerate(report["redundancy"]):
+                    row[f"redundancy{i}"] = _number(v, 2)
+                for q, v in report["erf"]["mass_area"].items():
+                    row[f"erf{q}"] = _number(100 * v, 1)
+                row.update(_gate_scalars(report["routing"]))
+                rows.append(row)
+                figures.append({"cell": r.cell.id, "label": method_label(r.cell.method),
+                                "report": _figure_data(report)})
+            images = sorted({rep["images"] for rep in reports})
+            sections.append({
+                "id": f"diagnostics-{task}-{backbone}", "kind": "diagnostics",
+                "title": f"Diagnostics: {get_task(task).description.split(',')[0]}, {backbone}",
+                "caption": DIAGNOSTICS_CAPTION.format(images="/".join(map(str, images))),
+                "columns": columns, "rows": rows, "figures": figures})
+        return sections
+
     def provenance(self) -> list[dict[str, Any]]:
         out = []
         for r in self.runs:
@@ -406,6 +450,10 @@ class Aggregator:
         sections += [self.ablation(t) for t in ablation_tables()]
         if self.efficiency_result is not None:
             sections.append(efficiency_section(self.efficiency_result))
+        for amp, result in self.gpu_efficiency.items():
+            sections.append(efficiency_section(result, f"table15-gpu-{amp}",
+                                               f"Table 15 (GPU, {GPU_AMP_LABELS[amp]})"))
+        sections += self.diagnostics_sections()
         synthetic = profile == "mini"
         note = ("mini profile: synthetic datasets, micro backbones pretrained on a synthetic "
                 "source task, short CPU schedules. The paper's figures (columns marked paper) "
@@ -418,10 +466,12 @@ class Aggregator:
                 "provenance": self.provenance()}
 
 
-def efficiency_section(result: dict[str, Any]) -> dict[str, Any]:
+def efficiency_section(result: dict[str, Any], section_id: str = "table15",
+                       table: str = "Table 15") -> dict[str, Any]:
     """Table 15's measurement (`parax-bench efficiency` output) as a section: absolute
     figures, ratios to full fine-tuning and to the frozen backbone, and the paper's ratios
-    to its full tuning (Swin-L on an L40S)."""
+    to its full tuning (Swin-L on an L40S). ``section_id`` / ``table``: of another
+    measurement of it (the GPU check's)."""
     figures = [
         ("params_m", "Params (M)", lambda r: r["trainable_params"] / 1e6, 3),
         ("checkpoint_mb", "Checkpoint (MB)", lambda r: r["checkpoint_bytes"] / 2**20, 2),
@@ -459,8 +509,8 @@ def efficiency_section(result: dict[str, Any]) -> dict[str, Any]:
         for key, _, field, digits in paper:
             row[key] = _number((r["reported"] or {}).get(field), digits)
         rows.append(row)
-    return {"id": "table15", "kind": "efficiency",
-            "title": f"Table 15: Efficiency ({result['description']}; {result['device']})",
+    return {"id": section_id, "kind": "efficiency",
+            "title": f"{table}: Efficiency ({result['description']}; {result['device']})",
             "caption": "Training step = forward, backward and AdamW over the trainable "
                        "parameters; ×full and ×frozen are ratios to full fine-tuning and to "
                        "the frozen backbone measured here. Paper columns: the paper's Swin-L "
@@ -469,6 +519,83 @@ def efficiency_section(result: dict[str, Any]) -> dict[str, Any]:
                        f"training steps and {result['setting']['latency_iters']} inference "
                        "calls.",
             "columns": columns, "rows": rows}
+
+
+GPU_AMP_LABELS = {"none": "fp32", "bf16": "bf16 autocast"}
+
+
+def load_gpu_efficiency(folder: Path) -> dict[str, dict[str, Any]]:
+    """The GPU check's Table 15 measurements (scripts/gpu-check.sh: folder/table15-AMP.json),
+    by amp, those that exist."""
+    from .efficiency import load
+
+    return {amp: load(folder / f"table15-{amp}.json") for amp in GPU_AMP_LABELS
+            if (folder / f"table15-{amp}.json").is_file()}
+
+
+GATE_COLUMNS = [("entropy_image", "entropy / log M"), ("entropy_mean", "of the mean / log M"),
+                ("ever_top", "experts ever top (%)"), ("spread", "spread across images"),
+                ("collapsed", "collapsed groups")]
+DIAGNOSTICS_CAPTION = (
+    "Seed 0 of each method on {images} validation images (`parax-bench diagnose`). CKA "
+    "redundancy: mean linear CKA between distinct blocks of a stage (1: its blocks compute the "
+    "same representation). ERF area: the share of the input holding 20/50/90% of the last "
+    "stage's centre gradient (larger: a wider effective receptive field). Gates (routed methods): "
+    "the entropy of each image's gate and of the mean gate over log M (1: uniform over the "
+    "experts), the share of experts that are some image's largest, the mean std of the gates "
+    "across images (input dependence), and the gate groups near one-hot on one expert for every "
+    "image, averaged over modules and gate groups.")
+ERF_FIGURE_SIDE = 32  # the ERF maps kept for the page: at most this many pixels a side
+
+
+def _gate_scalars(routing: list[dict[str, Any]]) -> dict[str, Any]:
+    groups = [g for m in routing for g in m["groups"].values()]
+    if not groups:
+        return {}
+    spread = [g for g in groups if g["max_entropy"] > 0]  # (one expert: no choice to measure)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {
+        "entropy_image": _number(mean([g["entropy_per_image"] / g["max_entropy"] for g in spread]), 2),
+        "entropy_mean": _number(mean([g["entropy_of_mean"] / g["max_entropy"] for g in spread]), 2),
+        "ever_top": _number(mean([100 * g["experts_ever_top"] for g in groups]), 1),
+        "spread": _number(mean([g["spread_across_images"] for g in groups]), 3),
+        "collapsed": {"text": f"{sum(g['collapsed'] for g in groups)} / {len(groups)}",
+                      "value": sum(g["collapsed"] for g in groups)}}
+
+
+def _figure_data(report: dict[str, Any]) -> dict[str, Any]:
+    """What the page draws of a report, rounded, its ERF map block-averaged to at most
+    ``ERF_FIGURE_SIDE`` a side (and relative to its peak again)."""
+    import numpy as np
+
+    erf = np.asarray(report["erf"]["map"], dtype=float)
+    f = -(-max(erf.shape) // ERF_FIGURE_SIDE)
+    h, w = erf.shape[0] // f * f, erf.shape[1] // f * f
+    erf = erf[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    erf = erf / erf.max() if erf.max() > 0 else erf
+    r3 = lambda xs: [round(float(x), 3) for x in xs]  # noqa: E731
+    return {"images": report["images"], "blocks": report["blocks"],
+            "cka": [r3(row) for row in report["cka"]],
+            "erf": {"map": [r3(row) for row in erf]},
+            "routing": [{"module": m["module"], "groups": {
+                name: {"experts": g["experts"], "images": g["images"], "mean_gate": r3(g["mean_gate"]),
+                       "mean_gate_at": {n: r3(v) for n, v in g["mean_gate_at"].items()}}
+                for name, g in m["groups"].items()}} for m in report["routing"]]}
+
+
+def load_diagnostics(ids: Iterable[str], folder: Path) -> dict[str, dict[str, Any]]:
+    """The diagnose reports (folder/ID.json) of the cells ``ids``; one that is missing is an
+    error naming its stage."""
+    import json
+
+    out = {}
+    for cell_id in ids:
+        path = folder / f"{cell_id}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the diagnostics of {cell_id} are missing "
+                                    f"(`scripts/dvc repro diagnose-{cell_id}` writes them)")
+        out[cell_id] = json.loads(path.read_text())
+    return out
 
 
 def section_frame(section: dict[str, Any]) -> pd.DataFrame:

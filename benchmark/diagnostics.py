@@ -9,14 +9,14 @@ receptive field (the paper's Figures 1c and 5, and what its reviewers asked for)
 - Linear CKA (Kornblith et al. 2019) between the outputs of every pair of blocks, each image's
   output flattened, with a redundancy score per stage (the mean off-diagonal CKA).
 - The effective receptive field of the last stage (Luo et al. 2016): the gradient of the
-  centre output (the 2 or 4 positions around the middle of an even-sized map), summed over
-  channels, with respect to the input, in absolute value, averaged over images; summarised by the share of the input area that holds 20% / 50% / 90% of it.
+  centre output (the 2 or 4 positions around the middle of an even-sized map), rectified and
+  summed over channels as RepLKNet's ERF code does (a plain channel sum of a LayerNorm-ed
+  output is a constant), with respect to the input, in absolute value, averaged over images; summarised by the share of the input area that holds 20% / 50% / 90% of it.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -72,14 +72,15 @@ def stage_redundancy(cka: list[list[float]], stages: Sequence[int]) -> list[floa
 # -- effective receptive field --------------------------------------------------------------------
 def effective_receptive_field(features: Callable[[torch.Tensor], torch.Tensor],
                               images: torch.Tensor) -> torch.Tensor:
-    """The (H, W) map of |d sum_c out[c, centre] / d input| (summed over input channels),
-    averaged over ``images`` (N, C, H, W) and normalised to sum 1. ``features`` maps images to
-    (N, C', h, w)."""
+    """The (H, W) map of |d sum_c relu(out[c, centre]) / d input| (summed over input
+    channels), averaged over ``images`` (N, C, H, W) and normalised to sum 1. ``features`` maps
+    images to (N, C', h, w)."""
     x = images.detach().clone().requires_grad_(True)
     out = features(x)
     h, w = out.shape[-2:]
     # the centre: one position of an odd side, the two around the middle of an even one
-    out[..., (h - 1) // 2:h // 2 + 1, (w - 1) // 2:w // 2 + 1].sum().backward()
+    centre = out[..., (h - 1) // 2:h // 2 + 1, (w - 1) // 2:w // 2 + 1]
+    torch.relu(centre).sum().backward()
     grad = x.grad.abs().sum(dim=1).mean(dim=0).double()
     total = grad.sum()
     return grad / total if total > 0 else grad
@@ -266,49 +267,6 @@ def diagnose(host, images: torch.Tensor, erf_images: int = 8) -> dict:
     }
 
 
-# -- figures ------------------------------------------------------------------------------------
-def block_labels(report: dict) -> list[str]:
-    return [f"s{b['stage']}.b{b['index']}" for b in report["blocks"]]
-
-
-def module_label(name: str) -> str:
-    """A routed module's name for figures: ``s2.b1.attn_out`` for a Swin/ConvNeXt site."""
-    return re.sub(r"^(?:model\.)?(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.peft_sites\.(\w+)\.\d+$",
-                  r"s\1.b\2.\3", name)
-
-
-def panels(report: dict) -> list[str]:
-    """A report's figures, each an SVG: the CKA heatmap, the ERF map and, per gate group, the
-    mean gate of every routed module (a row) over its experts, over the first n images for
-    each n the report has and over all of them, side by side (the paper's Figure 5)."""
-    from .figures import heatmap_svg, map_svg
-
-    blocks = block_labels(report)
-    out = [heatmap_svg(report["cka"], "linear CKA between block outputs", blocks, blocks,
-                       vmin=0.0, vmax=1.0),
-           map_svg(report["erf"]["map"], "ERF of the last stage", vmin=0.0, vmax=1.0)]
-    routing = report["routing"]
-    modules = [module_label(m["module"]) for m in routing]
-    for group in list(routing[0]["groups"]) if routing else []:
-        stats = [m["groups"][group] for m in routing]
-        width = max(s["experts"] for s in stats)
-        sizes = [*stats[0]["mean_gate_at"], str(stats[0]["images"])]
-        rows = []
-        for s in stats:
-            gates = [*s["mean_gate_at"].values(), s["mean_gate"]]
-            rows.append([v for g in gates for v in [*g, *[None] * (width - len(g) + 1)]][:-1])
-        out.append(heatmap_svg(rows, f"mean gate, {group}: {' | '.join(sizes)} images", modules,
-                               vmin=0.0, vmax=1.0, cell=10))
-    return out
-
-
-def figure_svg(cell_id: str, report: dict) -> str:
-    """One self-contained SVG of every figure of a :func:`diagnose` report."""
-    from .figures import side_by_side
-
-    return side_by_side(panels(report), f"{cell_id}: {report['images']} validation images")
-
-
 def diagnose_result(result_file: str | Path, images: int, out: str | Path) -> dict:
     """Diagnose the cell of a result file from its method state beside it (RESULT.adapter.pth)
     on its first ``images`` validation images; write the report to ``out`` (JSON) and its
@@ -316,6 +274,7 @@ def diagnose_result(result_file: str | Path, images: int, out: str | Path) -> di
     from catalog import Cell, get_task
 
     from .export import adapter_path
+    from .figures import figure_svg
     from .io import write_json_atomic, write_text_atomic
 
     result = json.loads(Path(result_file).read_text())

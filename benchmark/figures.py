@@ -1,6 +1,7 @@
 """The diagnostics' figures as self-contained SVG (no external files): heatmaps of small
 matrices as one shaded square per value (its value in a tooltip), large maps (an effective
-receptive field) as an embedded PNG, and a cell's panels side by side in one SVG.
+receptive field) as an embedded PNG, and a diagnostics report's panels side by side in one SVG
+(a report: benchmark/diagnostics.py's ``diagnose``).
 
 Read by `parax-bench diagnose` (RESULT.diagnostics.svg), the ``diagnose-`` stages
 (results/diagnostics/PROFILE/CELL.svg) and the leaderboard's diagnostics section.
@@ -116,3 +117,50 @@ def side_by_side(panels: Sequence[str], title: str, max_width: float = 1100) -> 
         x += w + GAP
         row_height, width = max(row_height, h), max(width, x - GAP)
     return "\n".join([_open(width, y + row_height, title), *placed, "</svg>"])
+
+
+# -- a diagnostics report -------------------------------------------------------------------------
+def block_labels(report: dict) -> list[str]:
+    return [f"s{b['stage']}.b{b['index']}" for b in report["blocks"]]
+
+
+def module_label(name: str) -> str:
+    """A routed module's name for figures: ``s2.b1.attn_out`` for a Swin/ConvNeXt site."""
+    return re.sub(r"^(?:model\.)?(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.peft_sites\.(\w+)\.\d+$",
+                  r"s\1.b\2.\3", name)
+
+
+def cka_panel(report: dict) -> str:
+    blocks = block_labels(report)
+    return heatmap_svg(report["cka"], "linear CKA between block outputs", blocks, blocks,
+                       vmin=0.0, vmax=1.0)
+
+
+def erf_panel(report: dict) -> str:
+    return map_svg(report["erf"]["map"], "ERF of the last stage", vmin=0.0, vmax=1.0)
+
+
+def gate_panels(report: dict) -> list[str]:
+    """Per gate group, the mean gate of every routed module (a row) over its experts, over the
+    first n images for each n the report has and over all of them, side by side (the paper's
+    Figure 5)."""
+    routing = report["routing"]
+    modules = [module_label(m["module"]) for m in routing]
+    out = []
+    for group in list(routing[0]["groups"]) if routing else []:
+        stats = [m["groups"][group] for m in routing]
+        width = max(s["experts"] for s in stats)
+        sizes = [*stats[0]["mean_gate_at"], str(stats[0]["images"])]
+        rows = []
+        for s in stats:
+            gates = [*s["mean_gate_at"].values(), s["mean_gate"]]
+            rows.append([v for g in gates for v in [*g, *[None] * (width - len(g) + 1)]][:-1])
+        out.append(heatmap_svg(rows, f"mean gate, {group}: {' | '.join(sizes)} images", modules,
+                               vmin=0.0, vmax=1.0, cell=10))
+    return out
+
+
+def figure_svg(cell_id: str, report: dict) -> str:
+    """One self-contained SVG of a report: CKA, ERF and the gate panels."""
+    panels = [cka_panel(report), erf_panel(report), *gate_panels(report)]
+    return side_by_side(panels, f"{cell_id}: {report['images']} validation images")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jinja2
+import markupsafe
 
 from .io import write_text_atomic
 
@@ -251,6 +252,16 @@ def _provenance(entries: list[dict], out_dir: Path) -> dict:
     return {"caption": None, **_table(columns, rows)}
 
 
+def _diagnostics_figure(entry: dict) -> dict:
+    """One method's diagnostics as inline SVG panels: CKA and ERF, then its mean gates."""
+    from .figures import cka_panel, erf_panel, gate_panels
+
+    report = entry["report"]
+    return {"label": entry["label"], "cell": entry["cell"],
+            "maps": [markupsafe.Markup(cka_panel(report)), markupsafe.Markup(erf_panel(report))],
+            "gates": [markupsafe.Markup(p) for p in gate_panels(report)]}
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                               undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -266,7 +277,8 @@ def render(tables: dict, out: str | os.PathLike) -> Path:
     _validate(tables)
     out = Path(out)
     sections = [{"id": s["id"], "title": s["title"], "kind": s.get("kind", "comparison"),
-                 "caption": s.get("caption"), **_table(s["columns"], s["rows"])}
+                 "caption": s.get("caption"), **_table(s["columns"], s["rows"]),
+                 "figures": [_diagnostics_figure(f) for f in s.get("figures", [])]}
                 for s in tables["sections"]]
     html = _environment().get_template("leaderboard.html.j2").render(
         profile=tables.get("profile", "?"), synthetic=bool(tables.get("synthetic")),

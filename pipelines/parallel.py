@@ -125,8 +125,10 @@ def run_cells(argvs: dict[str, tuple[str, list[str]]], after: dict[str, set[str]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     # The server's OpenMP reads this when it loads; later stages (the efficiency timings)
-    # must not inherit it, as idle threads that sleep make a lone process slower.
-    with mock.patch.dict(os.environ, {"OMP_WAIT_POLICY": "PASSIVE"}):
+    # must not inherit it, as idle threads that sleep make a lone process slower. mmengine's
+    # package helpers import pkg_resources, whose deprecation notice would reach the console.
+    with mock.patch.dict(os.environ, {"OMP_WAIT_POLICY": "PASSIVE",
+                                      "PYTHONWARNINGS": "ignore:pkg_resources is deprecated"}):
         forkserver.ensure_running()
 
     def one(name: str, log: Path) -> int:

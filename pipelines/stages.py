@@ -223,7 +223,7 @@ def stages(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "cmd": "python -m pipelines.aggregate",
         "deps": [*code_deps(["pipelines.aggregate"], grid_methods(params)),
                  f"results/runs/{profile}", f"results/efficiency/{profile}.json",
-                 *([f"results/diagnostics/{profile}"] if diagnosed_any else [])],
+                 *([f"results/diagnostics/{profile}"] if diagnosed_any else []), "results/gpu"],
         "params": ["grid", "ablations"],
         "outs": [out_file(f"results/tables/{profile}")]}
     result["leaderboard"] = {

@@ -56,6 +56,7 @@ def test_cka_matrix_and_stage_redundancy():
 def test_the_erf_of_one_conv_is_its_kernel_support(k):
     conv = nn.Conv2d(3, 4, k, padding=k // 2)
     nn.init.uniform_(conv.weight, 0.1, 1.0)  # no zero weights inside the support
+    nn.init.constant_(conv.bias, 100.0)  # every centre output positive (kept by the ReLU)
     erf = effective_receptive_field(conv, torch.randn(2, 3, 15, 15))
     support = (erf > 0).nonzero()
     assert support[:, 0].min() == 7 - k // 2 and support[:, 0].max() == 7 + k // 2
@@ -68,8 +69,26 @@ def test_the_erf_of_one_conv_is_its_kernel_support(k):
 def test_the_erf_of_an_even_sized_map_is_centred():
     """The centre of an even side is the two positions around its middle: a pointwise layer's
     ERF is then the central 2 x 2 pixels (not a quadrant's corner)."""
-    erf = effective_receptive_field(nn.Conv2d(3, 2, 1), torch.randn(2, 3, 16, 16))
+    conv = nn.Conv2d(3, 2, 1)
+    nn.init.constant_(conv.bias, 100.0)
+    erf = effective_receptive_field(conv, torch.randn(2, 3, 16, 16))
     assert (erf > 0).nonzero().tolist() == [[7, 7], [7, 8], [8, 7], [8, 8]]
+
+
+def test_the_erf_through_a_channel_norm_is_not_zero():
+    """A LayerNorm over channels makes their plain sum constant (zero gradient); the rectified
+    sum is not."""
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 8, 3, padding=1), nn.LayerNorm(8)
+
+        def forward(self, x):
+            return self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    torch.manual_seed(0)
+    erf = effective_receptive_field(Normed(), torch.randn(2, 3, 9, 9))
+    assert float(erf.sum()) == pytest.approx(1.0) and int((erf > 0).sum()) == 9
 
 
 def test_mass_area_of_a_uniform_and_a_point_map():
@@ -185,3 +204,51 @@ def test_heatmap_svg_has_one_square_per_value_shaded_by_value():
     assert darkness == sorted(darkness, reverse=True)  # 0 < 0.25 < 0.5 < 1: darker
     assert [r.find(f"{SVG}title").text for r in rects[:3]] == ["0", "0.5", "1"]
     assert "CKA &lt;blocks&gt;" in svg
+
+
+def _report(routed: bool) -> dict:
+    """A diagnose report of a 2-stage, 3-block host with a 40 x 64 ERF map and, if routed, one
+    module whose 'down' gates are uniform and whose 'up' gates pick expert 0 for every image."""
+    gates = {"down": torch.full((24, 4), 0.25), "up": torch.tensor([[1.0, 0, 0, 0]]).repeat(24, 1)}
+    erf = torch.zeros(40, 64, dtype=torch.float64)
+    erf[18:22, 30:34] = 1.0
+    return {"images": 24, "blocks": [{"stage": 0, "index": 0}, {"stage": 0, "index": 1},
+                                     {"stage": 1, "index": 0}],
+            "cka": [[1.0, 0.8, 0.2], [0.8, 1.0, 0.3], [0.2, 0.3, 1.0]], "redundancy": [0.8, None],
+            "erf": {"map": erf.tolist(), "mass_area": {"0.2": 0.002, "0.5": 0.003, "0.9": 0.006}},
+            "routing": [{"module": "layers.1.blocks.0.peft_sites.attn_out.0",
+                         "groups": {g: gate_summary(v) for g, v in gates.items()}}] if routed else [],
+            "collapsed": []}
+
+
+def test_the_leaderboard_draws_a_diagnostics_section_per_task(tmp_path):
+    """The aggregate's diagnostics section: per method its scalars (a uniform router has
+    entropy 1 x log M; one collapsed group of two), its ERF map coarsened to at most 32 a side;
+    the page shows each method's CKA and ERF side by side, and a routed method's gates."""
+    from benchmark.aggregate import Aggregator, Run
+    from benchmark.leaderboard import render
+    from catalog import Cell
+
+    runs = [Run(Cell(task="ade20k", backbone="swin-micro", method=m, seed=0), tmp_path, {})
+            for m in ("linear", "parax")]
+    reports = {runs[0].cell.id: _report(False), runs[1].cell.id: _report(True)}
+    (section,) = Aggregator({"grid": {"profile": "mini"}}, runs, ["full", "linear", "parax"],
+                            diagnostics=reports).diagnostics_sections()
+    assert section["id"] == "diagnostics-ade20k-swin-micro"
+    linear, parax = section["rows"]
+    assert linear["redundancy0"]["value"] == 0.8 and linear["redundancy1"]["value"] is None
+    assert linear["erf0.5"]["value"] == pytest.approx(0.3) and "entropy_image" not in linear
+    assert parax["entropy_image"]["value"] == pytest.approx(0.5)  # (1 + 0) / 2 groups
+    assert parax["collapsed"]["text"] == "1 / 2"  # (uniform gates tie: expert 0 tops each)
+    assert parax["ever_top"]["value"] == pytest.approx(25.0)
+    erf = section["figures"][1]["report"]["erf"]["map"]
+    assert (len(erf), len(erf[0])) == (20, 32) and max(map(max, erf)) == 1.0
+
+    tables = {"sections": [section], "profile": "mini"}
+    html = render(tables, tmp_path / "index.html").read_text()
+    cards = html.split('<figure class="diag-card"')[1:]
+    assert [c.split('data-cell="')[1].split('"')[0] for c in cards] == [r.cell.id for r in runs]
+    assert cards[0].count("<svg") == 2 and "mean gate" not in cards[0]  # CKA, ERF
+    assert cards[1].count("<svg") == 2 + 2  # and the gates of 'down' and 'up'
+    assert "mean gate, up: 20 | 24 images" in cards[1] and "s1.b0.attn_out" in cards[1]
+    assert 'href="data:image/png;base64,' in cards[0]

@@ -109,6 +109,23 @@ def test_efficiency_table_in_the_aggregate(tiny_result):
     assert "All methods ran in one process" in section["caption"]  # --no-isolate
 
 
+def test_the_gpu_check_s_table_15_beside_the_cpu_one(tiny_result, tmp_path):
+    """The GPU check's Table 15 files (scripts/gpu-check.sh) become their own sections, one per
+    amp that was measured; a folder without them adds none."""
+    from benchmark.aggregate import load_gpu_efficiency
+
+    assert load_gpu_efficiency(tmp_path) == {}
+    (tmp_path / "table15-bf16.json").write_text(json.dumps(tiny_result))
+    measured = load_gpu_efficiency(tmp_path)
+    assert list(measured) == ["bf16"]
+    section = efficiency_section(measured["bf16"], "table15-gpu-bf16", "Table 15 (GPU, bf16 autocast)")
+    assert section["id"] == "table15-gpu-bf16"
+    assert section["title"].startswith("Table 15 (GPU, bf16 autocast): Efficiency (")
+    (tmp_path / "table15-none.json").write_text("{}")
+    with pytest.raises(ValueError, match="table15-none.json: not a parax-bench efficiency result"):
+        load_gpu_efficiency(tmp_path)
+
+
 def test_each_method_in_a_fresh_process():
     result = run(TINY_SETTING, ["parax"], log=lambda line: None)
     assert result["isolated"] and [r["name"] for r in result["rows"]] == ["parax", "full", "linear"]

@@ -322,3 +322,25 @@ def test_pareto_screenshot_shows_a_curve_per_method_error_bars_and_a_legend(tmp_
         assert a["x"] > box["x"] + box["width"]  # right of the plot area
         for b in legend[i + 1:]:
             assert a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"]
+
+
+def test_the_committed_page_shows_the_diagnostics_of_every_method():
+    """The committed mini page: per dense task the profile diagnoses, a card for every method's
+    seed-0 cell with its CKA heatmap and ERF map, and ParaX's mean gates; the README's figure
+    is one of the committed diagnose figures."""
+    from pipelines.grid import diagnosed, expand, load_params
+
+    root = Path(__file__).resolve().parents[1]
+    params = load_params(root / "params.yaml")
+    html = (root / "results/leaderboard/index.html").read_text()
+    kept = [c for c in expand(params) if diagnosed(params, c)]
+    assert {c.task for c in kept} == set(params["grid"]["diagnostics"]["tasks"])
+    for c in kept:
+        assert f'<section id="diagnostics-{c.task}-{c.backbone}"' in html
+        card = html.split(f'<figure class="diag-card" data-cell="{c.id}">')[1].split("</figure>")[0]
+        assert 'aria-label="linear CKA between block outputs"' in card
+        assert 'aria-label="ERF of the last stage"' in card and "data:image/png;base64," in card
+        assert ("mean gate, down" in card) == (c.method == "parax")
+        assert (root / f"results/diagnostics/mini/{c.id}.svg").is_file()
+    readme = (root / "README.md").read_text()
+    assert "](results/diagnostics/mini/ade20k.swin-micro.parax.s0.svg)" in readme

@@ -38,7 +38,8 @@ def copy_repo(dst: Path, with_results: bool = False) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     skip = () if with_results else ("results/runs/", "results/tables/", "results/leaderboard/",
-                                     "results/data/", "pretrained/", "dvc.lock")
+                                     "results/data/", "results/diagnostics/", "pretrained/",
+                                     "dvc.lock")
     for name in files:
         if not name.startswith(skip) and (REPO / name).is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +231,7 @@ REDUCED = {
     "pose": {"tasks": [], "backbones": ["swin-micro"]},
     "remote_sensing": {"tasks": [], "backbones": ["swin-micro"]},
     "ablation": {"task": "cifar100", "backbone": "swin-micro", "variants": ["t14b-relu"]},
+    "diagnostics": {"tasks": ["ade20k"], "seeds": [0], "images": 4},
     "efficiency": {"backbone": "swin-micro", "task": "coco_instance", "height": 64, "width": 64,
                    "batch": 2, "device": "cpu", "amp": "none", "warmup": 0, "iters": 2,
                    "latency_batch": 1, "latency_iters": 2, "methods": ["parax"]},
@@ -256,14 +258,22 @@ def test_reduced_grid_through_dvc_repro(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pipelines.parallel", "--jobs", "2"], cwd=root,
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "[parallel] 5 cells, 2 at a time" in run.stdout
+    assert "[parallel] 5 cells and 2 diagnose stages, 2 at a time" in run.stdout
     params = load_params(root / "params.yaml")
     html = (root / "results/leaderboard/index.html").read_text()
     page = Tables()
     page.feed(html)
     for section in ("table1", "table4", "rank", "table14b", "table15", "pareto-ade20k-swin-micro",
-                    "provenance"):
+                    "diagnostics-ade20k-swin-micro", "provenance"):
         assert section in page.sections, section
+    # ADE20K's cells kept their method states; their diagnose stages drew them on the page
+    for method in ("linear", "parax"):
+        cell_id = f"ade20k.swin-micro.{method}.s0"
+        assert (root / f"results/runs/mini/{cell_id}.adapter.pth").is_file()
+        report = json.loads((root / f"results/diagnostics/mini/{cell_id}.json").read_text())
+        assert report["images"] == 4 and bool(report["routing"]) == (method == "parax")
+        assert f'<figure class="diag-card" data-cell="{cell_id}">' in html
+        assert page.row_of("diagnostics-ade20k-swin-micro", method_label(method))
     reported = reported_table()
 
     def paper_value(table, dataset, method, metric):
@@ -315,8 +325,10 @@ def test_reduced_grid_through_dvc_repro(tmp_path):
     # As on a fresh clone (stamps committed, synthetic data absent): the cells rewrite it.
     shutil.rmtree(root / "data")
     rerun = dvc(root, "repro")
-    # 3 cells, the efficiency table (it reads every method's options), tables, page
-    assert rerun.stdout.count("Running stage '") == 6, rerun.stdout
+    # 3 cells, the ADE20K cell's diagnostics, the efficiency table (it reads every method's
+    # options), tables, page
+    assert rerun.stdout.count("Running stage '") == 7, rerun.stdout
+    assert "Running stage 'diagnose-ade20k.swin-micro.parax.s0'" in rerun.stdout
 
     # A cell's deps hold every project module it imports (run again with -X importtime; it
     # resumes from its finished checkpoint).
