@@ -156,7 +156,7 @@ def measured(cell: Cell, metrics: dict[str, float]) -> tuple[dict[str, float], l
 # What the pipeline writes: changes there do not make the code that computes a cell dirty
 # (`dvc repro` rewrites dvc.lock and results while it runs).
 PIPELINE_OUTPUTS = ("dvc.yaml", "dvc.lock", "pretrained", "results/runs", "results/tables",
-                    "results/leaderboard", "results/data", "results/params")
+                    "results/leaderboard", "results/data", "results/params", "results/diagnostics")
 
 
 def _git() -> dict[str, Any]:
