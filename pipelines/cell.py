@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from benchmark.io import write_json_atomic
-from pipelines.grid import diagnosed, expand, load_params, not_applicable, resolve, result_path
+from pipelines.grid import diagnosed, find_cell, load_params, not_applicable, resolve, result_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,16 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    parts = args.cell.split(".")
-    method = parts[2].split("~")[0] if len(parts) == 4 else None
-    try:  # only this cell's method is looked up: no other method's module is imported
-        cells = {c.id: c for c in expand(params, [method])} if method else {}
+    try:
+        cell = find_cell(params, args.cell)
     except KeyError as exc:  # an unknown method
         parser.error(f"{exc.args[0]} (cell '{args.cell}')")
-    if args.cell not in cells:
+    if cell is None:
         parser.error(f"no cell '{args.cell}' in the grid of {args.params} "
                      f"(`python -m pipelines.grid` lists them)")
-    cell = cells[args.cell]
     out = result_path(params, cell)
     reason = not_applicable(cell)
     if reason is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.grid import diagnosed, diagnostics_path, expand, load_params, result_path
+from pipelines.grid import diagnosed, diagnostics_path, find_cell, load_params, result_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,12 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    method = args.cell.split(".")[2] if args.cell.count(".") == 3 else None
-    try:  # only this cell's method is looked up
-        cells = {c.id: c for c in expand(params, [method])} if method else {}
+    try:
+        cell = find_cell(params, args.cell)
     except KeyError as exc:  # an unknown method
         parser.error(f"{exc.args[0]} (cell '{args.cell}')")
-    cell = cells.get(args.cell)
     if cell is None or not diagnosed(params, cell):
         parser.error(f"no diagnosed cell '{args.cell}' in the grid of {args.params} (its "
                      f"`diagnostics` name the tasks and seeds)")

@@ -105,6 +105,15 @@ def sweep_cells(params: dict[str, Any], methods: list[str]) -> list[Cell]:
             for seed in sweep.get("seeds", params["grid"]["seeds"])]
 
 
+def find_cell(params: dict[str, Any], cell_id: str) -> Cell | None:
+    """The grid's cell of this id (TASK.BACKBONE.METHOD[~VARIANT].sSEED), or None; only its
+    method is looked up (no other method's module is imported). KeyError: an unknown method."""
+    parts = cell_id.split(".")
+    if len(parts) != 4:
+        return None
+    return next((c for c in expand(params, [parts[2].split("~")[0]]) if c.id == cell_id), None)
+
+
 def resolve(params: dict[str, Any], cell: Cell) -> Cell:
     """The cell as it runs: its width knob sized to the budget. An ablation sizes the default
     ParaX the same way and then applies its variant (the paper's ablations change the count
