@@ -27,7 +27,8 @@ from .hosts import BackboneHost, CheckpointError
 class LoadReport:
     backbone_keys: int = 0
     method_keys: int = 0
-    dropped: list[str] = field(default_factory=list)  # classifier weights of the source task
+    # classifier weights of the source task; dense output norms a method of ours replaces
+    dropped: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)  # dense output norms a release lacks
     outside: list[str] = field(default_factory=list)  # an OpenMMLab model's non-backbone keys
 
@@ -107,8 +108,10 @@ def load_official(host: BackboneHost,
         raise CheckpointError(f"checkpoint does not match backbone '{host.name}': the "
                               f"{host.family} release naming does not fit ({exc!r}){hint}") from exc
     backbone_keys = set(ours) - added
+    # A dense export (full fine-tuning's, say) holds output norms that a method which brings
+    # its own (ParaX's extra norms) has taken off the model: like a classifier, they go.
     for key in list(converted):
-        if key not in ours and key.startswith(host.classifier_prefixes):
+        if key not in ours and key.startswith((*host.classifier_prefixes, "out_norms.")):
             report.dropped.append(key)
             del converted[key]
     unexpected = sorted(set(converted) - backbone_keys)

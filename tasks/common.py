@@ -48,7 +48,9 @@ def loader(batch: int, dataset: dict[str, Any], train: bool, paper: bool,
 
 
 def adamw(lr: float, weight_decay: float, **optimizer: Any) -> dict[str, Any]:
-    return dict(type="AdamW", lr=lr, weight_decay=weight_decay, **optimizer)
+    """torch's AdamW, fused: one kernel per step over all parameters instead of a dozen small
+    ops per tensor (an eighth of a micro ParaX step on CPU went to the unfused one), same update."""
+    return dict(type="AdamW", lr=lr, weight_decay=weight_decay, fused=True, **optimizer)
 
 
 def warmup_multistep(cell: Cell, profile: dict[str, Any], milestones: list[int],

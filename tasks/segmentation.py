@@ -19,7 +19,7 @@ from .registry import DataFormatError, Kind, register_kind
 # Per profile: crop, batch, iterations, warm-up, decoder width, whether to use the FCN aux head,
 # and the stride the training loss samples the labels at (None: mmseg's full resolution).
 PROFILES = {
-    "mini": dict(crop=64, batch=4, iters=320, warmup=10, channels=32, aux=False, val_batch=1,
+    "mini": dict(crop=64, batch=8, iters=160, warmup=5, channels=32, aux=False, val_batch=1,
                  loss_stride=4),
     "paper": dict(crop=512, batch=16, iters=160_000, warmup=1500, channels=512, aux=True,
                   val_batch=1, loss_stride=None),

@@ -62,6 +62,25 @@ def test_official_round_trip_is_lossless(family, tmp_path):
     assert export_official(target).keys() == official.keys()
 
 
+def test_a_dense_export_loads_into_a_method_that_replaces_its_output_norms():
+    """Full fine-tuning's dense backbone (with OpenMMLab-style output norms) as the pretrained
+    checkpoint of a dense ParaX, which trains extra norms in their place."""
+    torch.manual_seed(5)
+    source = build(MICRO["swin"], "full", "ade20k")
+    with torch.no_grad():
+        for p in source.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    exported = export_official(source)
+    norms = sorted(k for k in exported if k.startswith("out_norms."))
+    assert norms
+    target = build(MICRO["swin"], "parax", "ade20k")
+    report = load_official(target, exported)
+    assert sorted(k for k in report.dropped if k.startswith("out_norms.")) == norms
+    state, trained = target.model.state_dict(), source.model.state_dict()
+    frozen = [k for k in state if k not in target.added_state_keys()]
+    assert frozen and all(torch.equal(state[k], trained[k]) for k in frozen)
+
+
 @pytest.mark.parametrize("family", ["swin", "convnext"])
 def test_original_pretrained_checkpoint_loads_the_frozen_part(family):
     """An ImageNet-22K release checkpoint: release naming, 21,841-way head, no method keys."""
