@@ -86,6 +86,13 @@ def commit(names: list[str]) -> None:
           flush=True)
 
 
+def recorded(names: list[str], done: list[str]) -> bool:
+    """Record the stages that finished (``commit``); whether all of ``names`` did."""
+    if done:
+        commit(done)
+    return len(done) == len(names)
+
+
 def stages() -> tuple[dict[str, str], set[str], dict[str, set[str]], dict[str, list[str]]]:
     """(stage name -> command, the names of out-of-date stages, stage name -> the stages
     whose outputs it reads, stage name -> its outputs)."""
@@ -244,10 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     if upstream:
         print(f"[parallel] {len(upstream)} data and pretraining stages, {args.jobs} at a time",
               flush=True)
-        done = run_commands({n: commands[n] for n in upstream}, reads, args.jobs, log_dir, outs)
-        if done:
-            commit(done)
-        if len(done) < len(upstream):
+        if not recorded(upstream, run_commands({n: commands[n] for n in upstream}, reads,
+                                                args.jobs, log_dir, outs)):
             return 1
         if not args.force:  # what a re-run stage's new output made stale
             dvc("repro", *(n for n in commands if n.startswith(UPSTREAM)))
@@ -265,18 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[parallel] {len(cells) - diagnose} cells"
               f"{f' and {diagnose} diagnose stages' if diagnose else ''}, {args.jobs} at a time",
               flush=True)
-        done = run_cells(argvs, reads, args.jobs, log_dir)
-        if done:
-            commit(done)
-        if len(done) < len(cells):
+        if not recorded(cells, run_cells(argvs, reads, args.jobs, log_dir)):
             return 1
     rest = [n for n in commands if not n.startswith(UPSTREAM + CELLS)]
     if args.force:  # one at a time: the efficiency stage times itself
         print(f"[parallel] {len(rest)} table and page stages, one at a time", flush=True)
-        done = run_commands({n: commands[n] for n in rest}, reads, 1, log_dir, outs)
-        if done:
-            commit(done)
-        if len(done) < len(rest):
+        if not recorded(rest, run_commands({n: commands[n] for n in rest}, reads, 1, log_dir, outs)):
             return 1
     elif cells or upstream or set(rest) & stale:
         dvc("repro")
