@@ -3,12 +3,13 @@
 0. dvc.yaml is regenerated from params.yaml and the code (pipelines/stages.py);
 1. the out-of-date stages the cells read (``data-``, ``pretrain-``) run their own commands,
    ``--jobs`` at a time, a stage once the stages whose outputs it reads are done (pretraining
-   after its source data); unless forced, ``dvc repro`` of them then re-runs what a new
-   output made stale;
+   after its source data); forced, the table stages that read no cell (the parameter table)
+   run beside them; unless forced, ``dvc repro`` of them then re-runs what a new output made
+   stale;
 2. every cell stage that is out of date (all of them with ``--force``) runs its own command,
    ``--jobs`` at a time, and so does each cell's ``diagnose-`` stage, once its cell is done;
 3. the finished stages are recorded in dvc.lock as ``dvc commit`` records them, exactly as if
-   DVC had run them (every stage logs to ``work/PROFILE/logs/STAGE.log``);
+   DVC had run them, in one pass (every stage logs to ``work/PROFILE/logs/STAGE.log``);
 4. what is left (efficiency table, aggregation, page): with ``--force`` each stage's own
    command, one at a time in dependency order, recorded as in 3 (``dvc repro`` rewrites the
    whole lock file after each stage, a minute in all); otherwise ``dvc repro``, which also
@@ -26,6 +27,8 @@ non-zero.
 from __future__ import annotations
 
 import argparse
+import collections
+import copy
 import multiprocessing
 import os
 import shlex
@@ -35,7 +38,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from multiprocessing import forkserver
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 from unittest import mock
 
@@ -46,6 +49,7 @@ UPSTREAM = ("data-", "pretrain-")
 # Stages run in children of the fork server, by name prefix: the module their command runs.
 FORKED = {"cell-": "pipelines.cell", "diagnose-": "pipelines.diagnose"}
 CELLS = tuple(FORKED)
+TIMED = ("efficiency",)  # stages that time themselves: run alone, after the cells
 # What the cells import; the fork server imports it once (an import error shows in the cell).
 PRELOAD = ["torch", "timm", "pandas", "mmengine.runner",
            *(f"{package}.{part}" for package in ("mmseg", "mmdet", "mmpose")
@@ -68,11 +72,24 @@ def commit(names: list[str]) -> None:
     """``dvc commit -f NAME...`` in one pass: each stage's dependency and output hashes are
     saved as the command saves them, and dvc.lock is written once (the command re-reads and
     rewrites the whole lock file per stage, about a second each)."""
+    from dvc.dependency import param
     from dvc.repo import Repo, lock_repo
 
     start = time.monotonic()
     wanted = set(names)
-    with Repo(".") as repo, lock_repo(repo):
+    read: dict[tuple, object] = {}
+
+    def read_once(fs, path, key_paths=None, flatten=False, **kwargs):
+        """Each params.yaml lookup made once: DVC re-parses the file for every param
+        dependency of each stage, and twice more for the run cache (in pure-Python YAML and
+        dpath, half the time of recording a grid). The file does not change meanwhile."""
+        key = (path, tuple(key_paths or ()), flatten, tuple(sorted(kwargs.items())))
+        if key not in read:
+            read[key] = read_param_file(fs, path, key_paths, flatten, **kwargs)
+        return copy.deepcopy(read[key])
+
+    read_param_file = param.read_param_file
+    with Repo(".") as repo, lock_repo(repo), mock.patch.object(param, "read_param_file", read_once):
         found = [s for s in repo.index.stages if s.addressing in wanted]
         if len(found) != len(wanted):
             missing = sorted(wanted - {s.addressing for s in found})
@@ -93,19 +110,48 @@ def recorded(names: list[str], done: list[str]) -> bool:
     return len(done) == len(names)
 
 
-def stages() -> tuple[dict[str, str], set[str], dict[str, set[str]], dict[str, list[str]]]:
-    """(stage name -> command, the names of out-of-date stages, stage name -> the stages
+def stages(force: bool = False) -> tuple[dict[str, str], set[str], dict[str, set[str]],
+                                         dict[str, list[str]]]:
+    """(stage name -> command, the names of the stages to run: out-of-date ones, or all of
+    them when forced (no status check then, 20 s for the mini grid), stage name -> the stages
     whose outputs it reads, stage name -> its outputs)."""
     from dvc.repo import Repo
 
     with Repo(".") as repo:
         commands = {s.addressing: s.cmd for s in repo.index.stages}
-        stale = set(repo.status())
-        writer = {out.def_path: s.addressing for s in repo.index.stages for out in s.outs}
-        reads = {s.addressing: {writer[d.def_path] for d in s.deps if d.def_path in writer}
-                 for s in repo.index.stages}
+        stale = set(commands) if force else set(repo.status())
+        deps = {s.addressing: [d.def_path for d in s.deps] for s in repo.index.stages}
         outs = {s.addressing: [o.def_path for o in s.outs] for s in repo.index.stages}
-    return commands, stale, reads, outs
+    return commands, stale, readers(deps, outs), outs
+
+
+def readers(deps: dict[str, list[str]], outs: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Stage -> the stages whose outputs it reads, from each stage's dependency and output
+    paths: an output a dependency names, the output folder it lies in, or the outputs inside
+    the folder it names (the aggregate's results/runs/PROFILE)."""
+    writer = {path: name for name, paths in outs.items() for path in paths}
+    inside = collections.defaultdict(set)  # folder -> the stages writing something in it
+    for path, name in writer.items():
+        for folder in PurePosixPath(path).parents:
+            inside[str(folder)].add(name)
+
+    def read(path: str) -> set[str]:
+        around = (str(p) for p in (PurePosixPath(path), *PurePosixPath(path).parents))
+        return {writer[p] for p in around if p in writer} | inside[path]
+
+    return {name: set().union(*map(read, paths)) for name, paths in deps.items()}
+
+
+def before_cells(commands: dict[str, str], reads: dict[str, set[str]]) -> list[str]:
+    """The table stages that read no cell's output, even through another stage, and do not
+    time themselves: a forced run runs them beside the data stages, on the core those leave
+    idle while the backbone pretrains."""
+    early: list[str] = []
+    candidates = [n for n in commands if not n.startswith(UPSTREAM + CELLS) and n not in TIMED]
+    while new := [n for n in candidates if n not in early and all(
+            r.startswith(UPSTREAM) or r in early for r in reads[n])]:
+        early += new
+    return [n for n in candidates if n in early]
 
 
 def forked_argv(name: str, command: str) -> tuple[str, list[str]]:
@@ -246,18 +292,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     params = load_params(args.params)
     log_dir = Path("work") / params["grid"]["profile"] / "logs"
-    commands, stale, reads, outs = stages()
-    upstream = [n for n in commands if n.startswith(UPSTREAM) and (args.force or n in stale)]
+    commands, stale, reads, outs = stages(args.force)
+    upstream = [n for n in commands if n.startswith(UPSTREAM) and n in stale]
+    cells = [n for n in commands if n.startswith(CELLS) and n in stale]
+    early = before_cells(commands, reads) if args.force else []
     if upstream:
-        print(f"[parallel] {len(upstream)} data and pretraining stages, {args.jobs} at a time",
+        print(f"[parallel] {len(upstream)} data and pretraining stages"
+              f"{f' and {len(early)} table stages' if early else ''}, {args.jobs} at a time",
               flush=True)
-        if not recorded(upstream, run_commands({n: commands[n] for n in upstream}, reads,
-                                                args.jobs, log_dir, outs)):
+        if not recorded(upstream + early, run_commands(
+                {n: commands[n] for n in upstream + early}, reads, args.jobs, log_dir, outs)):
             return 1
         if not args.force:  # what a re-run stage's new output made stale
             dvc("repro", *(n for n in commands if n.startswith(UPSTREAM)))
-        commands, stale, reads, outs = stages()
-    cells = [n for n in commands if n.startswith(CELLS) and (args.force or n in stale)]
+            commands, stale, reads, outs = stages()
+            cells = [n for n in commands if n.startswith(CELLS) and n in stale]
     if cells:
         from pipelines.data import ensure
 
@@ -272,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         if not recorded(cells, run_cells(argvs, reads, args.jobs, log_dir)):
             return 1
-    rest = [n for n in commands if not n.startswith(UPSTREAM + CELLS)]
+    rest = [n for n in commands if not n.startswith(UPSTREAM + CELLS) and n not in early]
     if args.force:  # one at a time: the efficiency stage times itself
         print(f"[parallel] {len(rest)} table and page stages, one at a time", flush=True)
         if not recorded(rest, run_commands({n: commands[n] for n in rest}, reads, 1, log_dir, outs)):

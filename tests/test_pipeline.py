@@ -165,6 +165,42 @@ def test_parallel_stages_wait_for_the_stages_they_read(tmp_path, monkeypatch, ca
     assert "3/3 pretrain-b: ok" in capsys.readouterr().out
 
 
+def test_a_stage_reads_the_outputs_inside_or_around_the_paths_it_depends_on():
+    deps = {"aggregate": ["results/runs/mini", "benchmark/aggregate.py"],
+            "diagnose-x": ["results/runs/mini/x.json"], "page": ["results/tables/mini/t.json"],
+            "cell-x": ["pretrained/mini/b.pth"], "cell-y": [], "tables": [], "pretrain-b": []}
+    outs = {"cell-x": ["results/runs/mini/x.json"], "cell-y": ["results/runs/mini/y.json"],
+            "tables": ["results/tables/mini"], "pretrain-b": ["pretrained/mini/b.pth"],
+            "aggregate": [], "diagnose-x": [], "page": []}
+    reads = parallel.readers(deps, outs)
+    assert reads["aggregate"] == {"cell-x", "cell-y"}  # a folder holding their outputs
+    assert reads["page"] == {"tables"}  # a file inside an output folder
+    assert reads["diagnose-x"] == {"cell-x"} and reads["cell-x"] == {"pretrain-b"}
+    assert reads["cell-y"] == reads["tables"] == set()
+
+
+def test_a_forced_run_starts_the_table_stages_that_read_no_cell_with_the_data():
+    commands = dict.fromkeys(["params_table", "data-source", "pretrain-b", "cell-x",
+                              "diagnose-x", "efficiency", "aggregate", "leaderboard", "counts"])
+    reads = {"params_table": set(), "data-source": set(), "pretrain-b": {"data-source"},
+             "cell-x": {"pretrain-b"}, "diagnose-x": {"cell-x"}, "efficiency": set(),
+             "aggregate": {"cell-x", "efficiency"}, "leaderboard": {"aggregate"},
+             "counts": {"params_table", "pretrain-b"}}
+    # The efficiency stage times itself: never beside other work; the page reads the cells
+    # through the aggregate.
+    assert parallel.before_cells(commands, reads) == ["params_table", "counts"]
+
+
+def test_the_grid_s_stages_read_what_they_aggregate():
+    """On this repository's dvc.yaml: the aggregate waits for every cell, diagnose stage and
+    the efficiency table; only the parameter table can start before the cells."""
+    commands, _, reads, _ = parallel.stages(force=True)
+    forked = {n for n in commands if n.startswith(parallel.CELLS)}
+    assert forked and forked | {"efficiency"} <= reads["aggregate"]
+    assert reads["leaderboard"] == {"aggregate"}
+    assert parallel.before_cells(commands, reads) == ["params_table"]
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"metrics": {"top1": 1.0}}', "not a parax-bench result file"),
     ('{"cell": {"task": "cifar100"', "not a JSON result file"),
