@@ -11,7 +11,7 @@ from methods.hosts.swin import SwinSiteAttention
 
 from .conftest import MICRO, micro_input, run
 
-BASELINES = ["lora", "adaptformer", "mona", "lorand", "repadapter", "vpt"]
+BASELINES = ["lora", "adaptformer", "mona", "lorand", "repadapter", "vpt", "snell"]
 FAMILIES = ["swin", "convnext", "vit"]
 
 # Where each method's modules sit, per block.
@@ -23,6 +23,9 @@ EXPECTED_SITES = {
                "convnext": ["mlp_branch"]},
     "repadapter": {f: ["attn_in", "mlp_in"] for f in FAMILIES},
     "vpt": {"swin": ["prompts"], "vit": ["prompts"]},
+    # (as the paper places it: see methods/snell.py)
+    "snell": {"swin": ["qkv", "fc1", "fc2"], "vit": ["qkv", "proj", "fc1", "fc2"],
+              "convnext": ["fc1"]},
 }
 ZERO_INIT = ["lora", "adaptformer", "repadapter"]
 
@@ -40,13 +43,13 @@ def placements(host):
     for i, info in enumerate(host.blocks):
         for site, modules in info.module.peft_sites.items():
             out += [(i, site, m) for m in modules]
-        for path in ("attn.qkv", "mlp.fc1", "mlp.fc2"):
+        for path in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
             try:
                 linear = info.module.get_submodule(path)
             except AttributeError:
                 continue
             if isinstance(linear, SiteLinear):
-                site = {"attn.qkv": "qkv", "mlp.fc1": "fc1", "mlp.fc2": "fc2"}[path]
+                site = path.rpartition(".")[2]
                 out += [(i, site, m) for m in linear.peft_branches]
     return out
 
@@ -102,7 +105,9 @@ def _randomize_added(host):
 
 
 @pytest.mark.parametrize("method,family", [("lora", "swin"), ("lora", "vit"), ("lora", "convnext"),
-                                           ("repadapter", "swin"), ("repadapter", "vit")])
+                                           ("repadapter", "swin"), ("repadapter", "vit"),
+                                           ("snell", "swin"), ("snell", "vit"),
+                                           ("snell", "convnext")])
 def test_merged_equals_unmerged(method, family):
     host = attach(method, family, dense=False)
     host.model.eval()

@@ -9,7 +9,7 @@ from benchmark.budget import Budget, parse_budget
 from benchmark.cli import main
 from benchmark.reported import reported_table
 
-BASELINES = ["lora", "adaptformer", "mona", "lorand", "repadapter", "vpt", "parax"]
+BASELINES = ["lora", "adaptformer", "mona", "lorand", "repadapter", "vpt", "parax", "snell"]
 KNOBBED = [m for m in BASELINES if m != "vpt"]  # VPT keeps n = 10 under every budget
 
 
@@ -44,7 +44,7 @@ def _paper_cells():
              ("3", "COCO2017"): "coco_panoptic", ("9", "COCO2017 keypoints"): "coco_pose",
              ("10", "ISPRS Potsdam"): "potsdam", ("10", "LoveDA"): "loveda"}
     df = reported_table()
-    paper = {"LoRA", "AdaptFormer", "Mona", "LoRand", "RepAdapter", "VPT", "AdaRoute"}
+    paper = {"LoRA", "AdaptFormer", "Mona", "LoRand", "RepAdapter", "VPT", "AdaRoute", "SNELL"}
     df = df[df.table.isin(["1", "2", "3", "9", "10"]) & df.method.isin(paper)]
     return sorted({(names[r.backbone], tasks[(r.table, r.dataset)]) for r in df.itertuples()})
 
@@ -72,7 +72,9 @@ def test_match_and_fraction_budgets(capsys):
     for r in rows(capsys, "--backbone", "swin-b", "--method", *KNOBBED, "--budget",
                   "match:parax"):
         assert r["budget_target"] == parax
-        assert abs(r["trainable_backbone_params"] - parax) < 0.01 * parax, r
+        # SNELL's knob moves in steps of two ranks, 2 x 192,512 on Swin-B: half a step at most
+        tolerance = 192_512 if r["method"] == "snell" else 0.01 * parax
+        assert abs(r["trainable_backbone_params"] - parax) <= tolerance, r
     (r,) = rows(capsys, "--backbone", "swin-b", "--method", "lora", "--budget", "3%")
     assert r["budget_target"] == round(0.03 * 86_745_016)
     assert abs(r["trainable_backbone_params"] - r["budget_target"]) <= 48_128 / 2  # half a rank

@@ -293,7 +293,8 @@ FAMILY_CELLS = {  # task -> (backbone family used, dataset sizes)
     "coco_pose": ("vit", dict(train=4, val=2)),
     "cifar100": ("vit", dict(train=16, val=8)),
 }
-METHODS = ["full", "linear", "parax", "lora", "adaptformer", "mona", "lorand", "repadapter", "vpt"]
+METHODS = ["full", "linear", "parax", "lora", "adaptformer", "mona", "lorand", "repadapter", "vpt",
+           "snell"]
 
 
 @pytest.fixture(scope="module")

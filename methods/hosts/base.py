@@ -38,6 +38,7 @@ class Site(str, enum.Enum):
     MLP_PARALLEL = "mlp_parallel"  # f(stream before the MLP) added to the MLP residual sum
     BLOCK_OUT = "block_out"  # stream after the whole block
     QKV = "qkv"  # additive branch on the attention qkv linear
+    PROJ = "proj"  # additive branch on the attention output projection
     FC1 = "fc1"  # additive branch on the first MLP linear
     FC2 = "fc2"  # additive branch on the second MLP linear
     PROMPTS = "prompts"  # tokens appended to the block's input sequence (removed after it)
@@ -55,7 +56,7 @@ TOKEN_SITES = frozenset({
     Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
     Site.MLP_PARALLEL, Site.BLOCK_OUT,
 })
-LINEAR_SITES = frozenset({Site.QKV, Site.FC1, Site.FC2})
+LINEAR_SITES = frozenset({Site.QKV, Site.PROJ, Site.FC1, Site.FC2})
 
 
 class CheckpointError(ValueError):

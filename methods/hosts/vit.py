@@ -65,11 +65,12 @@ class ViTHost(BackboneHost):
     norm_eps = 1e-6
     sites = frozenset({
         Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
-        Site.MLP_PARALLEL, Site.BLOCK_OUT, Site.QKV, Site.FC1, Site.FC2, Site.PROMPTS,
+        Site.MLP_PARALLEL, Site.BLOCK_OUT, Site.QKV, Site.PROJ, Site.FC1, Site.FC2, Site.PROMPTS,
         Site.STAGE_OUT,
     })
     roles = {Role.SERIAL: (Site.BLOCK_OUT,), Role.BRANCH: (Site.ATTN_BRANCH, Site.MLP_BRANCH)}
-    linear_paths = {Site.QKV: "attn.qkv", Site.FC1: "mlp.fc1", Site.FC2: "mlp.fc2"}
+    linear_paths = {Site.QKV: "attn.qkv", Site.PROJ: "attn.proj", Site.FC1: "mlp.fc1",
+                    Site.FC2: "mlp.fc2"}
     block_class = ViTSiteBlock
     checkpoint_filter = staticmethod(vision_transformer.checkpoint_filter_fn)
 

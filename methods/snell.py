@@ -1,0 +1,183 @@
+"""SNELL (Shen et al., NeurIPS 2024): sparse tuning of a kernelised low-rank update.
+
+Following the authors' release (github.com/ssfgunner/SNELL, ``model/swin_timm.py``:
+``KLoRA``, ``SNELL``, ``TuningModule``, ``WindowAttention``, ``Mlp``; the same in
+``convnext_timm.py`` and ``vision_transformer_timm.py``):
+
+- an adapted linear ``y = W x`` gains ``x @ S(K)``, where the update K (in x out) is a sum over
+  two kernel heads of fixed signs, ``K = 0.1 * (cdist(A_0, B_0) - cdist(A_1, B_1))``
+  (Euclidean distances between the rows of A_h, in x q/2, and of B_h, out x q/2): a
+  distance kernel in place of LoRA's inner product, so K is not limited to rank q;
+- S keeps the entries of |K| above its ``sparsity`` quantile and scales each kept entry by its
+  own detached magnitude, ``S(K) = K * |K|.detach() * [|K| > t]`` (as released; sparsity 0
+  is the plain kernel, the release's ``KLoRA``);
+- each update reads its input through dropout 0.1 (one draw shared by q, k and v) and its
+  output goes through a drop path of 0.1;
+- A and B start kaiming-uniform (a = sqrt 5) over each (heads, rows, q/2) tensor, so the model
+  is not unchanged at initialisation: K starts as a difference of two random distance maps.
+- Swin and ViT adapt q, k, v, proj, fc1 and fc2; ConvNeXt its two pointwise linears.
+
+Mergeable: at inference dropout and drop path are off and S(K) is a fixed matrix, so it folds
+into W. Parameters: q (in + out) per adapted linear.
+
+The paper's counts (Tables 1-4) fix the placement: Swin-B 5.8 M / Swin-L 8.7 M are
+16 C q per block at q = 30, i.e. q, k, v, fc1 and fc2 (the released six linears are 18 C q,
+and no even q brings both within 0.1 M); ConvNeXt-B 6.4 M / -L 9.5 M are fc1 alone at q = 70
+(5 C per q, as the paper's ConvNeXt LoRA); ViT-B's 3.7 M (Table 4) is the released six at
+q = 22. ``paper_config`` places it so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from timm.layers import DropPath
+from torch import nn
+from torch.nn import functional as F
+
+from .base import MethodConfig, PEFTMethod, width_field
+from .hosts import BackboneHost, Site
+from .registry import register_method
+
+# target -> (linear site, which third of the qkv output; None = the whole output)
+TARGETS = {"q": (Site.QKV, 0), "k": (Site.QKV, 1), "v": (Site.QKV, 2), "proj": (Site.PROJ, None),
+           "fc1": (Site.FC1, None), "fc2": (Site.FC2, None)}
+HEAD_SIGNS = (1.0, -1.0)  # the release's two kernel heads, coefficients 0.1 * (-1)^h
+KERNEL_SCALE = 0.1
+# The paper's placement per family (module docstring); others keep the release's.
+PAPER_TARGETS = {"swin": ("q", "k", "v", "fc1", "fc2"), "convnext": ("fc1",)}
+
+
+@dataclasses.dataclass
+class SNELLConfig(MethodConfig):
+    rank: int = width_field(32, "q: factor width of each kernel update (q / 2 per kernel head)",
+                            budget=(2, 1024, 2))
+    sparsity: float = 0.9  # share of each update's entries zeroed (the release's init_thres)
+    targets: tuple[str, ...] | None = None  # None: q, k, v, proj, fc1, fc2; ConvNeXt fc1, fc2
+    dropout: float = 0.1  # on each update's input
+    drop_path: float = 0.1  # on each update's output
+
+    def validate(self) -> None:
+        if not (isinstance(self.rank, int) and self.rank >= 2 and self.rank % 2 == 0):
+            raise ValueError(f"snell: rank must be an even integer >= 2 (q / 2 per kernel "
+                             f"head), got {self.rank!r}")
+        if not 0 <= self.sparsity < 1:
+            raise ValueError(f"snell: sparsity must be in [0, 1), got {self.sparsity!r}")
+        for name in ("dropout", "drop_path"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"snell: {name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.targets is not None:
+            self.targets = tuple(self.targets)
+            bad = [t for t in self.targets if t not in TARGETS]
+            if bad or not self.targets or len(set(self.targets)) != len(self.targets):
+                raise ValueError(f"snell: targets must be distinct names among {list(TARGETS)}, "
+                                 f"got {self.targets}")
+
+
+def kernel_update(in_factors: torch.Tensor, out_factors: torch.Tensor,
+                  sparsity: float) -> torch.Tensor:
+    """S(K) (in x out) from the factors (heads, in, q/2) and (heads, out, q/2)."""
+    signs = in_factors.new_tensor(HEAD_SIGNS).view(-1, 1, 1)
+    kernel = (KERNEL_SCALE * signs * torch.cdist(in_factors, out_factors, p=2)).sum(dim=0)
+    if sparsity == 0:
+        return kernel
+    magnitude = kernel.detach().abs()
+    threshold = torch.quantile(magnitude.flatten().float(), sparsity).to(magnitude.dtype)
+    return kernel * F.threshold(magnitude, float(threshold), 0.0)
+
+
+class KernelUpdate(nn.Module):
+    """One sparse kernel update of ``out_features`` outputs (one of q, k, v, or a whole linear)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, sparsity: float,
+                 drop_path: float):
+        super().__init__()
+        self.sparsity = sparsity
+        self.in_factors = nn.Parameter(torch.empty(len(HEAD_SIGNS), in_features, rank // 2))
+        self.out_factors = nn.Parameter(torch.empty(len(HEAD_SIGNS), out_features, rank // 2))
+        for p in (self.in_factors, self.out_factors):
+            if not p.is_meta:  # (meta: counting, nothing to initialise)
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
+
+    def weight(self) -> torch.Tensor:
+        """S(K) as a linear weight (out, in)."""
+        return kernel_update(self.in_factors, self.out_factors, self.sparsity).T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop_path(F.linear(x, self.weight()))
+
+
+class SNELLBranch(nn.Module):
+    """The updates of one linear: one dropout draw of its input, then each part's update
+    written into its rows of the linear's output (q, k, v: thirds of a fused qkv)."""
+
+    def __init__(self, in_features: int, total_out: int, parts: list[tuple[int, int]],
+                 cfg: SNELLConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()
+        self.starts = [start for start, _ in parts]
+        self.total_out = total_out
+        self.updates = nn.ModuleList(
+            KernelUpdate(in_features, out, cfg.rank, cfg.sparsity, cfg.drop_path)
+            for _, out in parts)
+
+    def _place(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate the parts' outputs along the last dim into their rows, zeros elsewhere."""
+        out, at = [], 0
+        for start, piece in zip(self.starts, pieces):
+            if start > at:
+                out.append(piece.new_zeros(*piece.shape[:-1], start - at))
+            out.append(piece)
+            at = start + piece.shape[-1]
+        if at < self.total_out:
+            out.append(pieces[0].new_zeros(*pieces[0].shape[:-1], self.total_out - at))
+        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x)
+        return self._place([update(x) for update in self.updates])
+
+    def delta_weight(self) -> torch.Tensor:
+        return self._place([update.weight().T for update in self.updates]).T
+
+
+@register_method
+class SNELL(PEFTMethod):
+    name = "snell"
+    paper_name = "SNELL"
+    description = ("SNELL: sparse tuning of a kernelised low-rank update on the attention and "
+                   "MLP linears")
+    config_class = SNELLConfig
+
+    @classmethod
+    def paper_config(cls, backbone, task) -> SNELLConfig:
+        cfg = SNELLConfig()
+        cfg.targets = PAPER_TARGETS.get(backbone.family)
+        return cfg
+
+    def attach(self, host: BackboneHost) -> None:
+        cfg = self.config
+        if cfg.targets is not None:
+            targets = cfg.targets
+        elif host.has(Site.QKV):
+            targets = ("q", "k", "v", "proj", "fc1", "fc2")
+        else:
+            targets = ("fc1", "fc2")
+        host.require(*{TARGETS[t][0] for t in targets}, method=self.name)
+        for block in host.blocks:
+            for site in dict.fromkeys(TARGETS[t][0] for t in targets):
+                linear = host.linear(block, site)
+                thirds = sorted(TARGETS[t][1] for t in targets if TARGETS[t][0] is site
+                                and TARGETS[t][1] is not None)
+                if thirds:
+                    out = linear.out_features // 3
+                    parts = [(third * out, out) for third in thirds]
+                else:
+                    parts = [(0, linear.out_features)]
+                host.add(site, SNELLBranch(linear.in_features, linear.out_features, parts, cfg),
+                         block=block)
+
+    def merge(self, host: BackboneHost) -> None:
+        host.fold_linear_branches()
