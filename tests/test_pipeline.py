@@ -90,8 +90,8 @@ def test_dvc_stages_are_the_grid(tmp_path, profile):
         (t, s) for t in params["grid"]["diagnostics"]["tasks"]
         for s in params["grid"]["diagnostics"]["seeds"]}
     if profile == "paper":  # Tables 1-3: 3 tasks x 4 backbones, 4: 4 datasets, 9: 1, 10: 2
-        assert len(cells) == (12 + 4 + 1 + 2) * 8 * 3 + 24 * 3
-        assert len(kept) == 4 * 8 - 2  # ADE20K's 4 backbones, but VPT on the two ConvNeXts
+        assert len(cells) == (12 + 4 + 1 + 2) * 9 * 3 + 24 * 3
+        assert len(kept) == 4 * 9 - 2  # ADE20K's 4 backbones, but VPT on the two ConvNeXts
 
 
 def test_a_cell_depends_on_its_own_method_only():
