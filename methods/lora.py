@@ -19,29 +19,22 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import MethodConfig, PEFTMethod, width_field
-from .hosts import BackboneHost, Site
+from .hosts import BackboneHost, Site, check_targets
 from .registry import register_method
-
-# target -> (linear site, which third of the qkv output; None = the whole output)
-TARGETS = {"q": (Site.QKV, 0), "k": (Site.QKV, 1), "v": (Site.QKV, 2),
-           "fc1": (Site.FC1, None), "fc2": (Site.FC2, None)}
 
 
 @dataclasses.dataclass
 class LoRAConfig(MethodConfig):
     rank: int = width_field(4, "r: rank of each update", budget=(1, 1024, 1))
     alpha: float = 1.0
-    targets: tuple[str, ...] | None = None  # None: q, v on a fused qkv, else fc1 (see above)
+    targets: tuple[str, ...] | None = None  # hosts.LINEAR_TARGETS names; None: q, v on a fused
+    # qkv, else fc1 (see above)
 
     def validate(self) -> None:
         if not (isinstance(self.rank, int) and self.rank > 0):
             raise ValueError(f"lora: rank must be a positive integer, got {self.rank!r}")
         if self.targets is not None:
-            self.targets = tuple(self.targets)
-            bad = [t for t in self.targets if t not in TARGETS]
-            if bad or not self.targets:
-                raise ValueError(f"lora: targets must be a non-empty subset of {list(TARGETS)}, "
-                                 f"got {self.targets}")
+            self.targets = check_targets("lora", self.targets)
 
 
 class LoRABranch(nn.Module):
@@ -75,15 +68,11 @@ class LoRA(PEFTMethod):
     def attach(self, host: BackboneHost) -> None:
         cfg = self.config
         targets = cfg.targets or (("q", "v") if host.has(Site.QKV) else ("fc1",))
-        host.require(*{TARGETS[t][0] for t in targets}, method=self.name)
         for block in host.blocks:
-            for target in targets:
-                site, third = TARGETS[target]
-                linear = host.linear(block, site)
-                out = linear.out_features if third is None else linear.out_features // 3
-                start = 0 if third is None else third * out
-                host.add(site, LoRABranch(linear.in_features, out, linear.out_features, start,
-                                          cfg.rank, cfg.alpha), block=block)
+            for site, (linear, rows) in host.target_rows(block, targets, self.name).items():
+                for start, out in rows:
+                    host.add(site, LoRABranch(linear.in_features, out, linear.out_features, start,
+                                              cfg.rank, cfg.alpha), block=block)
 
     def merge(self, host: BackboneHost) -> None:
         host.fold_linear_branches()

@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import json
+import math
 import multiprocessing
 import os
 import shlex
@@ -184,6 +186,22 @@ def _forked(module: str, argv: list[str], log: str) -> None:
     sys.exit(importlib.import_module(module).main(argv))
 
 
+def longest_first(names: list[str], outs: dict[str, list[str]]) -> list[str]:
+    """``names`` by the wall time their last result file records, longest first (a stage
+    without one first, one with no time last), so the short cells fill the pool's tail and
+    no core idles through a long last cell."""
+    def last(name: str) -> float:
+        for out in outs.get(name, []):
+            if out.endswith(".json"):
+                try:
+                    return float(json.loads(Path(out).read_text()).get("wall_time_s", 0.0))
+                except (OSError, ValueError, AttributeError):
+                    return math.inf
+        return math.inf
+
+    return sorted(names, key=last, reverse=True)
+
+
 def run_cells(argvs: dict[str, tuple[str, list[str]]], after: dict[str, set[str]], jobs: int,
               log_dir: Path) -> list[str]:
     """Run each forked stage (name -> its module and arguments) ``jobs`` at a time, a stage
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # A fresh clone has the synthetic datasets' stamps but not the data: write each once
         # here rather than from two cells at the same time.
-        argvs = {n: forked_argv(n, commands[n]) for n in cells}
+        argvs = {n: forked_argv(n, commands[n]) for n in longest_first(cells, outs)}
         for task in dict.fromkeys(a[0].split(".")[0] for _, a in argvs.values()):
             ensure(params, task)
         diagnose = sum(n.startswith("diagnose-") for n in cells)

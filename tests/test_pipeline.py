@@ -179,6 +179,19 @@ def test_a_stage_reads_the_outputs_inside_or_around_the_paths_it_depends_on():
     assert reads["cell-y"] == reads["tables"] == set()
 
 
+def test_cells_run_longest_first_by_their_last_recorded_wall_time(tmp_path):
+    def result(name, **fields):
+        (tmp_path / f"{name}.json").write_text(json.dumps(fields))
+        return [str(tmp_path / f"{name}.json")]
+
+    outs = {"cell-short": result("short", wall_time_s=3.0), "cell-long": result("long", wall_time_s=40.0),
+            "cell-na": result("na", not_applicable="no prompts"), "cell-new": [str(tmp_path / "new.json")],
+            "cell-torn": [str(tmp_path / "torn.json")]}
+    (tmp_path / "torn.json").write_text("{")
+    order = parallel.longest_first(["cell-short", "cell-na", "cell-long", "cell-new", "cell-torn"], outs)
+    assert order == ["cell-new", "cell-torn", "cell-long", "cell-short", "cell-na"]
+
+
 def test_a_forced_run_starts_the_table_stages_that_read_no_cell_with_the_data():
     commands = dict.fromkeys(["params_table", "data-source", "pretrain-b", "cell-x",
                               "diagnose-x", "efficiency", "aggregate", "leaderboard", "counts"])

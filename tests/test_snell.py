@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from methods import Site, build
-from methods.snell import KERNEL_SCALE, SNELLBranch, SNELLConfig, kernel_update
+from methods.snell import KERNEL_SCALE, SNELLBranch, SNELLConfig, kernel_update, quantile
 
 from .conftest import MICRO, micro_input, run
 
@@ -40,6 +40,17 @@ def test_sparsification_keeps_the_largest_entries_scaled_by_their_magnitude(spar
     assert kept.sum() == round(k.numel() * (1 - sparsity))  # 60 distinct entries
     assert k.abs()[kept].min() > k.abs()[~kept].max()
     assert torch.allclose(s[kept], (k * k.abs())[kept], atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(16, 48), (64, 256), (7, 13)])
+@pytest.mark.parametrize("q", [0.9, 0.5, 0.37])
+def test_the_threshold_is_torch_quantile_bit_for_bit(shape, q):
+    g = torch.Generator().manual_seed(shape[0])
+    for ties in (False, True):
+        values = torch.randn(shape, generator=g).abs().flatten()
+        if ties:  # repeated values: the interpolation reads equal order statistics
+            values = (values * 4).round() / 4
+        assert torch.equal(quantile(values, q), torch.quantile(values, q))
 
 
 def test_the_magnitude_factor_passes_no_gradient():

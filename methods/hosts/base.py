@@ -57,6 +57,20 @@ TOKEN_SITES = frozenset({
     Site.MLP_PARALLEL, Site.BLOCK_OUT,
 })
 LINEAR_SITES = frozenset({Site.QKV, Site.PROJ, Site.FC1, Site.FC2})
+# The linears a weight-update method (LoRA, SNELL) names in its ``targets``:
+# name -> (linear site, which third of the fused qkv output; None = the whole output).
+LINEAR_TARGETS = {"q": (Site.QKV, 0), "k": (Site.QKV, 1), "v": (Site.QKV, 2),
+                  "proj": (Site.PROJ, None), "fc1": (Site.FC1, None), "fc2": (Site.FC2, None)}
+
+
+def check_targets(method: str, targets) -> tuple[str, ...]:
+    """``targets`` as a tuple of distinct LINEAR_TARGETS names, else a ValueError naming them."""
+    targets = tuple(targets)
+    if (not targets or len(set(targets)) != len(targets)
+            or any(t not in LINEAR_TARGETS for t in targets)):
+        raise ValueError(f"{method}: targets must be distinct names among "
+                         f"{list(LINEAR_TARGETS)}, got {targets}")
+    return targets
 
 
 class CheckpointError(ValueError):
@@ -300,6 +314,22 @@ class BackboneHost:
         """The frozen linear layer behind a linear site (e.g. for merging)."""
         self.require(site)
         return block.module.get_submodule(self.linear_paths[Site(site)])
+
+    def target_rows(self, block: BlockInfo, targets: tuple[str, ...], method: str = ""
+                    ) -> dict[Site, tuple[nn.Linear, list[tuple[int, int]]]]:
+        """Per linear site the ``targets`` (LINEAR_TARGETS names) touch, in their order: its
+        linear and the (first row, rows) of its output each target covers (q, k, v: a third
+        of the fused qkv, in q, k, v order)."""
+        self.require(*{LINEAR_TARGETS[t][0] for t in targets}, method=method)
+        out: dict[Site, tuple[nn.Linear, list[tuple[int, int]]]] = {}
+        for site in dict.fromkeys(LINEAR_TARGETS[t][0] for t in targets):
+            linear = self.linear(block, site)
+            thirds = sorted(LINEAR_TARGETS[t][1] for t in targets
+                            if LINEAR_TARGETS[t][0] is site and LINEAR_TARGETS[t][1] is not None)
+            rows = linear.out_features // 3
+            out[site] = (linear, [(third * rows, rows) for third in thirds]
+                         or [(0, linear.out_features)])
+        return out
 
     # -- parameters --------------------------------------------------------------------------
     def _added_prefixes(self) -> tuple[str, ...]:
