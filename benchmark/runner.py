@@ -187,6 +187,69 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+def select(runner, cell: Cell) -> None:
+    """The method's data-driven selection (``PEFTMethod.select``), if it has one: one pass
+    over the training set in an order fixed by the cell's seed (every DDP rank sees all of
+    it, so all ranks select alike), with the RNGs seeded for it and restored after, so that
+    training starts from the state it would have had without it."""
+    import copy
+    import functools
+    import random
+
+    import numpy as np
+    from mmengine.model import is_model_wrapper
+    from mmengine.registry import DATASETS, FUNCTIONS
+    from tqdm import tqdm
+
+    from methods import PEFTMethod, SelectionBatch
+
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    host = model.backbone.host
+    if type(host.method).select is PEFTMethod.select:
+        return
+    cfg = copy.deepcopy(runner._train_dataloader)  # a config until train() builds it
+    collate = dict(cfg.get("collate_fn") or dict(type="pseudo_collate"))
+    loader = torch.utils.data.DataLoader(
+        DATASETS.build(cfg["dataset"]), batch_size=cfg["batch_size"], shuffle=True, drop_last=True,
+        generator=torch.Generator().manual_seed(cell.seed),
+        collate_fn=functools.partial(FUNCTIONS.get(collate.pop("type")), **collate))
+    preprocessor = model.data_preprocessor
+    pooled = getattr(model, "pooled", None)  # a classifier's backbone features
+
+    def batches():
+        for data in tqdm(loader, desc=f"{cell.id} select", unit="batch", file=sys.stderr,
+                         mininterval=0.5, dynamic_ncols=True, leave=False):
+            data = preprocessor(data, True)
+            batch = SelectionBatch(functools.partial(
+                lambda d: model.parse_losses(model(**d, mode="loss"))[0], data))
+            if pooled is not None:
+                mean, std = preprocessor.mean, preprocessor.std
+                batch.images = (data["inputs"] * std + mean) / 255
+                batch.labels = data["data_samples"]
+                batch.features = lambda images: pooled((images * 255 - mean) / std)
+            yield batch
+
+    added = host.added_state_keys()
+    own = {id(b) for k, b in host.model.named_buffers() if k in added}
+    buffers = [(b, b.clone()) for b in model.buffers() if id(b) not in own]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    states = random.getstate(), np.random.get_state()
+    model.train()
+    with torch.random.fork_rng():
+        torch.manual_seed(cell.seed)
+        random.seed(cell.seed)
+        np.random.seed(cell.seed)
+        host.method.select(host, batches())
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    with torch.no_grad():
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+    for p, requires_grad in grads:
+        p.grad = None
+        p.requires_grad_(requires_grad)
+
+
 def per_process_batch(global_batch: int, world_size: int) -> int:
     """Each DDP process loads global batch / world size, so every world size trains on the
     same global batch (the samplers deal rank r the items r::world of one seeded order)."""
@@ -291,6 +354,7 @@ def run_cell(cell: Cell, out: str | os.PathLike, work_dir: str | os.PathLike,
             train_loader = runner._train_dataloader  # a config until train() builds it
             train_loader["batch_size"] = per_process_batch(train_loader["batch_size"], world_size)
             if max_iters != 0:  # zero iterations: evaluate the untrained model
+                select(runner, cell)
                 runner.train()
             scores = runner.val_loop.run()
         metrics, unmeasured = measured(cell, {k: float(v) for k, v in scores.items()})

@@ -11,8 +11,8 @@ A method is one file: a config dataclass, a PEFTMethod subclass decorated with
 ``@register_method``, in ``methods/`` (found without an import line) or anywhere through the
 ``parax_bench.methods`` entry-point group.
 """
-from .base import (MethodConfig, NotApplicableError, NotMergeableError, PEFTMethod, apply_method,
-                   width_field)
+from .base import (MethodConfig, NotApplicableError, NotMergeableError, PEFTMethod,
+                   SelectionBatch, apply_method, width_field)
 from .backbones import BACKBONES, BackboneSpec, UnknownBackboneError, create_backbone, get_backbone
 from .build import build, count_trainable, method_for
 from .hosts import BackboneHost, Role, Site, SiteNotSupported, register_family
@@ -21,8 +21,8 @@ from .registry import ENTRY_POINT_GROUP, UnknownMethodError, available_methods, 
 
 __all__ = [
     "BACKBONES", "BackboneHost", "BackboneSpec", "ENTRY_POINT_GROUP", "MethodConfig",
-    "NotApplicableError", "NotMergeableError", "PEFTMethod", "Role", "Site", "SiteNotSupported",
-    "UnknownBackboneError", "UnknownMethodError", "apply_method", "available_methods", "build",
+    "NotApplicableError", "NotMergeableError", "PEFTMethod", "Role", "SelectionBatch", "Site",
+    "SiteNotSupported", "UnknownBackboneError", "UnknownMethodError", "apply_method", "available_methods", "build",
     "count_trainable", "create_backbone", "get_backbone", "get_method", "merge", "merge_in_place",
     "method_for", "register_family", "register_method", "width_field",
 ]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
+import torch
 from torch import nn
 
 from .hosts import Role, Site, get_family
@@ -61,6 +62,17 @@ class MethodConfig:
         return None
 
 
+@dataclasses.dataclass
+class SelectionBatch:
+    """One training batch for a method that chooses what trains from the downstream data."""
+
+    loss: Callable[[], torch.Tensor]  # the task's training loss on it (head and decoder as built)
+    images: torch.Tensor | None = None  # classification: the images in [0, 1], (B, 3, H, W)
+    labels: torch.Tensor | None = None  # and their classes, (B,)
+    # classification: images in [0, 1] -> the backbone's pooled features (B, C)
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
 class PEFTMethod(ABC):
     """A parameter-efficient fine-tuning method behind one interface."""
 
@@ -105,6 +117,13 @@ class PEFTMethod(ABC):
     def trainable(self, host: "BackboneHost") -> Iterable[nn.Parameter]:
         """Parameters that train. Default: everything the method attached."""
         return host.added_parameters()
+
+    def select(self, host: "BackboneHost", batches: Iterable[SelectionBatch]) -> None:
+        """Choose what trains from the training data (SPT, GPS override this). The runner calls
+        it once, after attaching and before training, with one shuffled pass over the training
+        set, the model in training mode and the global RNG seeded by the cell's seed; it
+        clears the gradients and restores the model's other buffers afterwards. The trainable
+        shapes are fixed by ``attach`` (counts need no data), so a selection fills buffers."""
 
     def merge(self, host: "BackboneHost") -> None:
         """Fold the attached update into the frozen weights and remove the modules."""

@@ -75,4 +75,4 @@ class LoRA(PEFTMethod):
                                               cfg.rank, cfg.alpha), block=block)
 
     def merge(self, host: BackboneHost) -> None:
-        host.fold_linear_branches()
+        host.fold_branches()

@@ -176,4 +176,4 @@ class SNELL(PEFTMethod):
                          block=block)
 
     def merge(self, host: BackboneHost) -> None:
-        host.fold_linear_branches()
+        host.fold_branches()

@@ -235,13 +235,17 @@ class PooledClassifier(BaseModel):
         dim = self.host.stages[-1].dim
         self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes))
 
-    def forward(self, inputs: torch.Tensor, data_samples: torch.Tensor | None = None,
-                mode: str = "tensor"):
-        """``data_samples`` holds the labels (B,)."""
+    def pooled(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> the backbone's pooled features, at the backbone's input size."""
         if inputs.shape[-1] != self.img_size:
             inputs = F.interpolate(inputs, size=(self.img_size, self.img_size), mode="bilinear",
                                    align_corners=False)
-        logits = self.head(self.host.forward_pooled(inputs))
+        return self.host.forward_pooled(inputs)
+
+    def forward(self, inputs: torch.Tensor, data_samples: torch.Tensor | None = None,
+                mode: str = "tensor"):
+        """``data_samples`` holds the labels (B,)."""
+        logits = self.head(self.pooled(inputs))
         if mode == "loss":
             return {"loss": F.cross_entropy(logits, data_samples)}
         if mode == "predict":

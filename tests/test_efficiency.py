@@ -68,7 +68,7 @@ def test_ratios_merges_and_references(tiny_result):
         assert row["peak_memory_mb"] is None  # not measured in a used process on CPU
         assert row["train_step_ms"]["n"] == 2 and row["latency_ms"]["unmerged"]["n"] == 2
         merged = row["latency_ms"]["merged"] is not None
-        assert merged == (row["name"] in ("lora", "repadapter", "snell")), row["name"]
+        assert merged == (row["name"] in ("lora", "repadapter", "snell", "gps")), row["name"]
         assert merged == (row["merge"] == "merged")
     assert rows["full"]["merge"] == rows["linear"]["merge"] == "nothing attached"
     assert "parax has no merged form" in rows["parax"]["merge"]

@@ -270,7 +270,8 @@ class Tables(HTMLParser):
 
 
 REDUCED = {
-    "exclude": ["full", "lora", "adaptformer", "mona", "lorand", "repadapter", "vpt", "snell"],
+    "exclude": ["full", "lora", "adaptformer", "mona", "lorand", "repadapter", "vpt", "snell",
+                "gps"],
     "datasets": ["source", "ade20k", "cifar100"],
     "tasks": {"source": {"train": 512, "val": 64, "iters": 40},
               "ade20k": {"train": 8, "val": 4, "iters": 4},

@@ -118,6 +118,23 @@ class SiteLinear(nn.Linear):
         return out
 
 
+class SiteConv2d(nn.Conv2d):
+    """nn.Conv2d with additive branches, as SiteLinear (for weight updates of any backbone
+    layer: a patch embedding, a depthwise conv). Keeps weight/bias names."""
+
+    peft_branches: nn.ModuleList
+    plain_class = nn.Conv2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._conv_forward(x, self.weight, self.bias)
+        for branch in self.peft_branches:
+            out = out + branch(x)
+        return out
+
+
+BRANCHED = {nn.Linear: SiteLinear, nn.Conv2d: SiteConv2d}  # plain layer -> its branched class
+
+
 class SiteMixin:
     """Site dispatch for re-classed timm blocks; the attached modules live in ``peft_sites``."""
 
@@ -145,14 +162,16 @@ class SiteMixin:
         return torch.cat([m(batch) for m in modules], dim=1)
 
 
-def _as_site_linear(linear: nn.Module, where: str) -> SiteLinear:
-    if isinstance(linear, SiteLinear):
-        return linear
-    if type(linear) is not nn.Linear:
-        raise TypeError(f"{where}: expected an nn.Linear to host branches, got {type(linear).__name__}")
-    linear.__class__ = SiteLinear
-    linear.peft_branches = nn.ModuleList()
-    return linear
+def _branched(layer: nn.Module, where: str) -> nn.Module:
+    """``layer`` re-classed in place to its branched class (BRANCHED)."""
+    if type(layer) in BRANCHED.values():
+        return layer
+    if type(layer) not in BRANCHED:
+        raise TypeError(f"{where}: expected an nn.Linear or nn.Conv2d to host branches, got "
+                        f"{type(layer).__name__}")
+    layer.__class__ = BRANCHED[type(layer)]
+    layer.peft_branches = nn.ModuleList()
+    return layer
 
 
 class BackboneHost:
@@ -295,10 +314,16 @@ class BackboneHost:
             path = self.linear_paths[site]
             parent_path, _, attr = path.rpartition(".")
             parent = block.module.get_submodule(parent_path) if parent_path else block.module
-            linear = _as_site_linear(getattr(parent, attr), f"{self.family} block {path}")
-            linear.peft_branches.append(module)
+            _branched(getattr(parent, attr), f"{self.family} block {path}").peft_branches.append(module)
         else:
             block.module.peft_sites[site.value].append(module)
+        self._attached.append(module)
+        return module
+
+    def add_to_layer(self, path: str, module: nn.Module) -> nn.Module:
+        """Attach ``module`` as an additive branch of the backbone's Linear or Conv2d at module
+        path ``path`` (any layer, not only a site's: a weight update of the whole backbone)."""
+        _branched(self.model.get_submodule(path), f"{self.name} {path}").peft_branches.append(module)
         self._attached.append(module)
         return module
 
@@ -356,7 +381,7 @@ class BackboneHost:
             for site in info.module.peft_sites:
                 info.module.peft_sites[site] = nn.ModuleList()
         for module in self.model.modules():
-            if isinstance(module, SiteLinear):
+            if type(module) in BRANCHED.values():
                 module.peft_branches = nn.ModuleList()
         self.model.peft_shared = nn.ModuleDict()
         self.model.peft_stage_out = nn.ModuleList([nn.ModuleList() for _ in self.stages])
@@ -366,11 +391,11 @@ class BackboneHost:
         self._attached = []
         self.method = None
 
-    def fold_linear_branches(self) -> None:
-        """Add every linear-site branch's ``delta_weight()`` into its frozen linear and remove
-        the branches (LoRA-style merging)."""
+    def fold_branches(self) -> None:
+        """Add every layer branch's ``delta_weight()`` (a tensor of the layer's weight shape)
+        into its frozen layer and remove the branches (LoRA-style merging)."""
         for module in self.model.modules():
-            if isinstance(module, SiteLinear):
+            if type(module) in BRANCHED.values():
                 with torch.no_grad():
                     for branch in module.peft_branches:
                         module.weight += branch.delta_weight().to(module.weight.dtype)
