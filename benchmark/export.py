@@ -3,7 +3,7 @@ result, and what ``merge`` and ``params --checkpoint`` read.
 
 The state comes from the run's last checkpoint in its work dir (mmengine saves the whole
 model there). It holds only what the method trained in the backbone: a PEFT method's modules
-in its authors' naming (small), full fine-tuning's whole backbone in the backbone release's
+in its authors' naming and any backbone parameter it trains (small), full fine-tuning's whole backbone in the backbone release's
 naming, nothing for linear probing (its head belongs to the task). Loading it back needs the
 pretrained backbone it was trained on, as a release checkpoint does.
 """
@@ -30,10 +30,14 @@ def method_state(host) -> dict[str, torch.Tensor]:
     from methods.checkpoints import export_official
 
     state, added = export_official(host), host.added_state_keys()
-    if any(p.requires_grad for n, p in host.model.named_parameters() if n not in added):
+    own = {n: p for n, p in host.model.named_parameters() if n not in added}
+    trained = {host.release_key(n): p.detach() for n, p in own.items() if p.requires_grad}
+    if own and len(trained) == len(own):
         return state  # full fine-tuning: the method's state is the whole backbone
     names = host.method.official_keys(host) if host.method is not None else {}
-    wanted = {names.get(k, k) for k in added}
+    # the method's modules, and the backbone's own parameters it trains (GPS's biases) under
+    # their release names (a fused qkv bias is the release's q, k and v biases)
+    wanted = {names.get(k, k) for k in added} | set(host.to_release(trained))
     return {k: v for k, v in state.items() if k in wanted}
 
 

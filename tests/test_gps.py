@@ -178,3 +178,35 @@ def test_the_cell_selects_inside_the_run_fixed_by_its_seed(tmp_path):
     assert any(not torch.equal(index[k], other[k]) for k in index)
     # not the placeholder order: the rows picked different columns
     assert any(not torch.equal(v, torch.arange(v.shape[1]).expand_as(v)) for v in index.values())
+
+
+@pytest.mark.parametrize("family", ["swin", "vit"])
+def test_the_method_state_holds_the_updates_and_trained_biases_and_loads_back(family):
+    """What ``train`` writes beside its result: the sparse updates with their indices and the
+    biases, not the frozen weights; over the pretrained backbone it gives the trained model."""
+    from benchmark.export import method_state
+    from methods.checkpoints import export_official, load_official
+
+    backbone = MICRO[family]
+    pretrained = export_official(build(backbone, "linear"))
+    trained = build(backbone, "gps", per_neuron=2)
+    load_official(trained, pretrained)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _, _, branch in updates(trained):
+            rows, width = branch.shape[0], math.prod(branch.shape[1:])
+            branch.index.copy_(torch.rand(rows, width, generator=g).argsort(dim=1)[:, :branch.k])
+            branch.values.normal_(0, 0.02, generator=g)
+        for p in trained.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    state = method_state(trained)
+    assert not any(k.endswith("weight") for k in state)  # no frozen weight, no norm
+    assert sum(v.numel() for k, v in state.items() if not k.endswith("index")) == \
+        trained.num_trainable()
+    again = build(backbone, "gps", per_neuron=2)
+    load_official(again, {**pretrained, **state})
+    x = micro_input(backbone)
+    trained.model.eval()
+    again.model.eval()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(run(trained, x), run(again, x)))
