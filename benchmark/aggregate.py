@@ -24,7 +24,7 @@ from methods import get_method
 
 from .io import write_json_atomic, write_text_atomic
 from .reported import reported_table
-from .tables import ablation_method, ablation_tables, comparison_tables
+from .tables import ablation_method, ablation_tables, comparison_tables, table_of
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class Aggregator:
 
     # -- sections ----------------------------------------------------------------------
     def comparison(self, table: str, title: str, tasks: list[str]) -> dict[str, Any] | None:
-        pairs = [(t, b) for t, b in self.groups() if t in tasks]
+        pairs = [(t, b) for t, b in self.groups() if t in tasks and table_of(t, b) == table]
         if not pairs:
             return None
         methods = self.methods
@@ -267,7 +267,7 @@ class Aggregator:
         """Each method's paired per-seed difference to full fine-tuning and to the best
         baseline (highest mean among :meth:`baselines`) on each task's primary metric, with a
         95% interval; an interval that holds 0 is marked not significant (n.s.)."""
-        pairs = [(t, b) for t, b in self.groups() if t in tasks]
+        pairs = [(t, b) for t, b in self.groups() if t in tasks and table_of(t, b) == table]
         if not pairs or "full" not in self.methods:
             return None
         columns = [{"key": "method", "label": "Method", "numeric": False}]

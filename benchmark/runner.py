@@ -209,8 +209,10 @@ def select(runner, cell: Cell) -> None:
         return
     cfg = copy.deepcopy(runner._train_dataloader)  # a config until train() builds it
     collate = dict(cfg.get("collate_fn") or dict(type="pseudo_collate"))
-    loader = torch.utils.data.DataLoader(
-        DATASETS.build(cfg["dataset"]), batch_size=cfg["batch_size"], shuffle=True, drop_last=True,
+    dataset = DATASETS.build(cfg["dataset"])
+    loader = torch.utils.data.DataLoader(  # whole batches, as the releases, unless there is none
+        dataset, batch_size=cfg["batch_size"], shuffle=True,
+        drop_last=len(dataset) >= cfg["batch_size"],
         generator=torch.Generator().manual_seed(cell.seed),
         collate_fn=functools.partial(FUNCTIONS.get(collate.pop("type")), **collate))
     preprocessor = model.data_preprocessor

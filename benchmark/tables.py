@@ -21,8 +21,25 @@ def spec() -> dict[str, Any]:
 
 def comparison_tables() -> dict[str, tuple[str, list[str]]]:
     """table -> (title, its tasks, in registration order)."""
-    return {table: (title, [t.name for t in TASKS.values() if t.paper_table == table])
-            for table, title in spec()["comparison"].items()}
+    out = {}
+    for table, entry in spec()["comparison"].items():
+        if isinstance(entry, str):
+            out[table] = (entry, [t.name for t in TASKS.values() if t.paper_table == table])
+        else:
+            out[table] = (entry["title"], list(entry["tasks"]))
+    return out
+
+
+def table_of(task: str, backbone: str) -> str:
+    """The comparison table a (task, backbone) cell belongs to: a table given for the
+    backbone's family on that task (Table 7: ADE20K on a plain ViT), else the task's own."""
+    from catalog import get_backbone, get_task
+
+    family = get_backbone(backbone).family
+    for table, entry in spec()["comparison"].items():
+        if not isinstance(entry, str) and task in entry["tasks"] and family in entry["families"]:
+            return table
+    return get_task(task).paper_table
 
 
 def ablation_tables() -> dict[str, dict[str, Any]]:

@@ -157,6 +157,8 @@ class GPS(PEFTMethod):
                 features = batch.features(pair.flatten(0, 1)).unflatten(0, pair.shape[:2])
                 loss = supervised_contrastive(features, batch.labels, self.config.temperature)
             loss.backward()
+        if layers and layers[0][0].weight.grad is None:
+            raise ValueError("gps: the selection saw no training batch (an empty training set?)")
         with torch.no_grad():
             for layer, branch in layers:
                 score = layer.weight.grad.abs().flatten(1)

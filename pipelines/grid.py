@@ -1,7 +1,7 @@
 """The grid of params.yaml as cells: the one description dvc.yaml is generated from.
 
 `grid` in params.yaml is the active profile (`grid: *mini` or `grid: *paper`). Its groups
-(``dense``, ``classification``, ``pose``, ``remote_sensing``) are products of tasks x
+(``dense``, ``vit_dense``, ``classification``, ``pose``, ``remote_sensing``) are products of tasks x
 backbones x methods x seeds, one per paper table family; ``ablation`` runs ParaX variants
 (named in the top-level ``ablations``; the method benchmark/paper_tables.yaml names) on one
 (task, backbone), with its own ``seeds`` if it names them; ``sweep`` sizes every method with a
@@ -20,7 +20,7 @@ import yaml
 from benchmark.tables import ablation_method
 from catalog import Cell
 
-GROUPS = ("dense", "classification", "pose", "remote_sensing")
+GROUPS = ("dense", "vit_dense", "classification", "pose", "remote_sensing")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -21,7 +21,10 @@ from methods.checkpoints import load_official
 class ParaXBackbone(BaseModule):
     def __init__(self, backbone: str, method: str, task: str, options: dict[str, Any] | None = None,
                  pretrained: str | None = None, drop_path_rate: float = 0.0,
-                 out_indices: tuple[int, ...] | None = None):
+                 out_indices: tuple[int, ...] | None = None,
+                 block_outputs: tuple[int, ...] | None = None):
+        """``out_indices``: the stages whose outputs go to the neck (default all);
+        ``block_outputs``: instead, the outputs of these blocks of a plain ViT (SETR's heads)."""
         super().__init__()
         self.host = build(backbone, method, task, drop_path_rate=drop_path_rate, **(options or {}))
         self.model = self.host.model  # registered, so state_dict / .to() / optimisers see it
@@ -33,6 +36,12 @@ class ParaXBackbone(BaseModule):
             load_official(self.host, path)
         self.out_indices = tuple(range(len(self.host.stages))) if out_indices is None else out_indices
         self.out_channels = [self.host.stages[i].dim for i in self.out_indices]
+        self.block_outputs = None if block_outputs is None else tuple(block_outputs)
+        if self.block_outputs is not None:
+            if not hasattr(self.host, "forward_blocks"):
+                raise ValueError(f"block_outputs: {backbone} is a {self.host.display_name} "
+                                 f"backbone; only a plain ViT gives block outputs")
+            self.out_channels = [self.host.stages[0].dim] * len(self.block_outputs)
 
     def init_weights(self) -> None:
         """Weights come from the constructor (random or pretrained) and the method's init."""
@@ -41,5 +50,7 @@ class ParaXBackbone(BaseModule):
         """Stage outputs as contiguous NCHW tensors: the hosts return channels-last views,
         and mmcv's compiled ops (RoIAlign under every RoI head) read their input's memory as
         NCHW whatever its strides, so a view would hand them scrambled features."""
+        if self.block_outputs is not None:
+            return tuple(f.contiguous() for f in self.host.forward_blocks(x, self.block_outputs))
         feats = self.host.forward_features(x)
         return tuple(feats[i].contiguous() for i in self.out_indices)

@@ -1,4 +1,5 @@
-"""Semantic segmentation (ADE20K; Potsdam and LoveDA reuse its settings): UperNet on mmseg.
+"""Semantic segmentation (ADE20K; Potsdam and LoveDA reuse its settings): UperNet on mmseg,
+SETR-PUP on a plain ViT (Table 7).
 
 Reads any dataset in mmseg's folder layouts (``SegmentationLayout``): images (any mode, any
 size, the suffix in any case) beside single-channel label maps of the same stem, 0 ignored.
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from catalog import Cell, TaskSpec
+from catalog import Cell, TaskSpec, get_backbone
 
 from .common import MEAN, STD, CheckCache, adamw, backbone_cfg, loader, open_image, stage_dims
 from .registry import DataFormatError, Kind, register_kind
@@ -28,6 +29,15 @@ PROFILES = {
 PAPER_LR = {"swin-b": 6e-5, "swin-l": 3e-4, "convnext-b": 3e-4, "convnext-l": 3e-4}
 PAPER_DROP_PATH = {"swin-b": 0.15, "swin-l": 0.3, "convnext-b": 0.25, "convnext-l": 0.35}
 MINI_LR = 3e-3  # AdamW; the decoder trains from scratch in a few hundred iterations
+# Table 7: a plain ViT decodes with SETR-PUP, as mmseg's setr_vit-l_pup_8xb2-160k_ade20k-512x512:
+# the outputs of blocks 9, 14, 19 and 23 of ViT-L (of another depth: its last four blocks),
+# the progressive-upsampling head (4 convs, x2 each) on the last, three auxiliary heads
+# (2 convs, x4) on the others, 256 channels; SGD lr 1e-3, momentum 0.9, no weight decay, the
+# heads at 10x, poly decay (power 0.9, to 1e-4) over 160k iterations at batch 16, and a
+# sliding-window test (512 crops, stride 341). The mini profile keeps its own schedule.
+SETR_BLOCKS = {"vit-l": (9, 14, 19, 23)}
+SETR_PAPER = dict(channels=256, lr=1e-3, head_lr_mult=10.0, min_lr=1e-4, power=0.9,
+                  slide=(512, 341))
 
 
 def _register_strided_head() -> None:
@@ -167,7 +177,8 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     if p["loss_stride"] is not None:
         _register_strided_head()
         model["decode_head"].update(type="StridedLossUPerHead", loss_stride=p["loss_stride"])
-    if p["aux"]:
+    setr = get_backbone(cell.backbone).family == "vit"
+    if p["aux"] and not setr:
         model["auxiliary_head"] = dict(
             type="FCNHead", in_channels=dims[2], in_index=2, channels=256, num_convs=1,
             concat_input=False, dropout_ratio=0.1, num_classes=num_classes,
@@ -180,7 +191,7 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     val_loader = loader(p["val_batch"],
                         dataset_cfg(cell.data_root, spec, False, p["crop"], suffixes),
                         train=False, paper=paper)
-    return dict(
+    cfg = dict(
         default_scope="mmseg",
         model=model,
         train_dataloader=train_loader,
@@ -197,6 +208,44 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
         ] + ([dict(type="PolyLR", eta_min=0.0, power=1.0, begin=p["warmup"], end=p["iters"],
                    by_epoch=False)] if p["iters"] > p["warmup"] else []),
     )
+    if setr:
+        _setr(cfg, cell, p, num_classes)
+    return cfg
+
+
+def _setr(cfg: dict[str, Any], cell: Cell, p: dict[str, Any], num_classes: int) -> None:
+    """Turn the UperNet configuration into SETR-PUP's on a plain ViT (SETR_BLOCKS above)."""
+    from methods.backbones import create_backbone
+
+    paper = cell.profile == "paper"
+    (stage,) = create_backbone(cell.backbone, device="meta").stages
+    dim, depth = stage.dim, stage.depth
+    blocks = SETR_BLOCKS.get(cell.backbone, tuple(range(max(0, depth - 4), depth)))
+    channels = SETR_PAPER["channels"] if paper else p["channels"]
+
+    def head(index: int, convs: int, up_scale: int, weight: float) -> dict[str, Any]:
+        return dict(type="SETRUPHead", in_channels=dim, channels=channels, in_index=index,
+                    num_classes=num_classes, dropout_ratio=0, num_convs=convs, up_scale=up_scale,
+                    kernel_size=3, norm_cfg=dict(type="BN", requires_grad=True),
+                    align_corners=False, loss_decode=dict(type="CrossEntropyLoss",
+                                                          use_sigmoid=False, loss_weight=weight))
+
+    model = cfg["model"]
+    model["backbone"]["block_outputs"] = blocks
+    model["decode_head"] = head(len(blocks) - 1, 4, 2, 1.0)
+    if p["aux"]:
+        model["auxiliary_head"] = [head(i, 2, 4, 0.4) for i in range(len(blocks) - 1)]
+    if paper:
+        crop, stride = SETR_PAPER["slide"]
+        model["test_cfg"] = dict(mode="slide", crop_size=(crop, crop), stride=(stride, stride))
+        mult = dict(lr_mult=SETR_PAPER["head_lr_mult"])
+        cfg["optim_wrapper"] = dict(
+            type="OptimWrapper",
+            optimizer=dict(type="SGD", lr=SETR_PAPER["lr"], momentum=0.9, weight_decay=0.0),
+            paramwise_cfg=dict(custom_keys={"decode_head": mult, "auxiliary_head": mult}))
+        cfg["param_scheduler"] = [dict(type="PolyLR", eta_min=SETR_PAPER["min_lr"],
+                                       power=SETR_PAPER["power"], begin=0, end=p["iters"],
+                                       by_epoch=False)]
 
 
 def write(spec: TaskSpec, root: Path, seed: int = 0, train: int = 64, val: int = 16,

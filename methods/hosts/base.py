@@ -429,20 +429,22 @@ class BackboneHost:
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Multi-scale features (B, C_i, H_i, W_i) for necks: each stage output through its
         output norm, or through the stage-output modules that replaced it."""
+        return [self._stage_out(i, feat) for i, feat in enumerate(self._forward_stages(x))]
+
+    def _stage_out(self, stage: int, feat: torch.Tensor) -> torch.Tensor:
+        """A stage's output (B, C, H, W) through its output norm, or through the stage-output
+        modules that replaced it."""
         out_norms = getattr(self.model, "out_norms", None)
-        outs = []
-        for i, feat in enumerate(self._forward_stages(x)):
-            modules = list(self.model.peft_stage_out[i])
-            if out_norms is not None and i not in self._replaced_norms:
-                modules.insert(0, out_norms[i])
-            if modules:
-                b, c, h, w = feat.shape
-                tokens = feat.flatten(2).transpose(1, 2)
-                for module in modules:
-                    tokens = module(tokens, (h, w))
-                feat = tokens.transpose(1, 2).reshape(b, c, h, w)
-            outs.append(feat)
-        return outs
+        modules = list(self.model.peft_stage_out[stage])
+        if out_norms is not None and stage not in self._replaced_norms:
+            modules.insert(0, out_norms[stage])
+        if not modules:
+            return feat
+        b, c, h, w = feat.shape
+        tokens = feat.flatten(2).transpose(1, 2)
+        for module in modules:
+            tokens = module(tokens, (h, w))
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
 
 
 def split_patches(x: torch.Tensor, hw: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

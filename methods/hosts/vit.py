@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from timm.models import vision_transformer
@@ -132,3 +132,14 @@ class ViTHost(BackboneHost):
         tokens = self.model.forward_features(x)[:, self.model.num_prefix_tokens:]
         side = math.isqrt(tokens.shape[1])
         return [tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)]
+
+    def forward_blocks(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The patch tokens (B, C, H, W) after each of the blocks ``indices``, as mmseg's
+        VisionTransformer gives them to SETR's heads (its ``out_indices``, no final norm);
+        the last block's output also goes through what a method attached at the stage output."""
+        last = len(self.model.blocks) - 1
+        if not indices or any(not 0 <= i <= last for i in indices):
+            raise ValueError(f"{self.name}: block indices must be in 0..{last}, got {list(indices)}")
+        feats = self.model.forward_intermediates(x, indices=list(indices), norm=False,
+                                                 output_fmt="NCHW", intermediates_only=True)
+        return [self._stage_out(0, f) if i == last else f for i, f in zip(indices, feats)]
