@@ -18,7 +18,8 @@ Following the authors' release (github.com/ssfgunner/SNELL, ``model/swin_timm.py
 - Swin and ViT adapt q, k, v, proj, fc1 and fc2; ConvNeXt its two pointwise linears.
 
 Mergeable: at inference dropout and drop path are off and S(K) is a fixed matrix, so it folds
-into W. Parameters: q (in + out) per adapted linear.
+into W. Parameters: q (in + out) per adapted linear. Checkpoints load and export in the
+release's naming (``SNELL.official_keys``).
 
 The paper's counts (Tables 1-4) fix the placement: Swin-B 5.8 M / Swin-L 8.7 M are
 16 C q per block at q = 30, i.e. q, k, v, fc1 and fc2 (the released six linears are 18 C q,
@@ -37,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import MethodConfig, PEFTMethod, width_field
-from .hosts import BackboneHost, Site, check_targets
+from .hosts import LINEAR_TARGETS, BackboneHost, Site, check_targets
 from .registry import register_method
 
 HEAD_SIGNS = (1.0, -1.0)  # the release's two kernel heads, coefficients 0.1 * (-1)^h
@@ -69,11 +70,17 @@ class SNELLConfig(MethodConfig):
             self.targets = check_targets("snell", self.targets)
 
 
-def kernel_update(in_factors: torch.Tensor, out_factors: torch.Tensor,
-                  sparsity: float) -> torch.Tensor:
-    """S(K) (in x out) from the factors (heads, in, q/2) and (heads, out, q/2)."""
-    signs = in_factors.new_tensor(HEAD_SIGNS).view(-1, 1, 1)
-    kernel = (KERNEL_SCALE * signs * torch.cdist(in_factors, out_factors, p=2)).sum(dim=0)
+def head_coefficients(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The kernel heads' fixed coefficients (heads, 1, 1), as the release's
+    ``shared_coeff_fc``: 0.1 * (+1, -1)."""
+    return KERNEL_SCALE * torch.tensor(HEAD_SIGNS, dtype=dtype).view(-1, 1, 1)
+
+
+def kernel_update(in_factors: torch.Tensor, out_factors: torch.Tensor, sparsity: float,
+                  coefficients: torch.Tensor) -> torch.Tensor:
+    """S(K) (in x out) from the factors (heads, in, q/2) and (heads, out, q/2) and the heads'
+    coefficients (heads, 1, 1)."""
+    kernel = (coefficients * torch.cdist(in_factors, out_factors, p=2)).sum(dim=0)
     if sparsity == 0:
         return kernel
     magnitude = kernel.detach().abs()
@@ -104,11 +111,14 @@ class KernelUpdate(nn.Module):
         for p in (self.in_factors, self.out_factors):
             if not p.is_meta:  # (meta: counting, nothing to initialise)
                 nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        # fixed, but saved: the release's checkpoints carry them (a frozen parameter there)
+        self.register_buffer("coefficients", head_coefficients())
         self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
 
     def weight(self) -> torch.Tensor:
         """S(K) as a linear weight (out, in)."""
-        return kernel_update(self.in_factors, self.out_factors, self.sparsity).T
+        return kernel_update(self.in_factors, self.out_factors, self.sparsity,
+                             self.coefficients).T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop_path(F.linear(x, self.weight()))
@@ -162,18 +172,45 @@ class SNELL(PEFTMethod):
         cfg.targets = PAPER_TARGETS.get(backbone.family)
         return cfg
 
+    def targets(self, host: BackboneHost) -> tuple[str, ...]:
+        """The linears it adapts (LINEAR_TARGETS names): the config's, else the release's."""
+        if self.config.targets is not None:
+            return self.config.targets
+        if host.has(Site.QKV):
+            return ("q", "k", "v", "proj", "fc1", "fc2")
+        return ("fc1", "fc2")
+
     def attach(self, host: BackboneHost) -> None:
-        cfg = self.config
-        if cfg.targets is not None:
-            targets = cfg.targets
-        elif host.has(Site.QKV):
-            targets = ("q", "k", "v", "proj", "fc1", "fc2")
-        else:
-            targets = ("fc1", "fc2")
         for block in host.blocks:
-            for site, (linear, rows) in host.target_rows(block, targets, self.name).items():
-                host.add(site, SNELLBranch(linear.in_features, linear.out_features, rows, cfg),
-                         block=block)
+            for site, (linear, rows) in host.target_rows(block, self.targets(host),
+                                                         self.name).items():
+                host.add(site, SNELLBranch(linear.in_features, linear.out_features, rows,
+                                           self.config), block=block)
+
+    def official_keys(self, host: BackboneHost) -> dict[str, str]:
+        """Our keys -> the release's: each update is a ``TuningModule`` named
+        ``additional_<target>`` beside its linear (``attn.additional_q``,
+        ``mlp.additional_fc1``; the release builds on timm, so the blocks keep timm's names),
+        its factors ``learnable.In_Qs`` / ``Out_Qs`` (sparsity 0, the release's KLoRA:
+        ``In_Qs_1`` / ``Out_Qs_1``) and the heads' coefficients ``learnable.shared_coeff_fc``."""
+        suffix = "_1" if self.config.sparsity == 0 else ""
+        names = {"in_factors": "In_Qs" + suffix, "out_factors": "Out_Qs" + suffix,
+                 "coefficients": "shared_coeff_fc"}
+        targets = self.targets(host)
+        out = {}
+        for block in host.blocks:
+            for site in dict.fromkeys(LINEAR_TARGETS[t][0] for t in targets):
+                path = host.linear_paths[site]
+                parts = [t for t in LINEAR_TARGETS if t in targets and LINEAR_TARGETS[t][0] is site]
+                theirs = f"{block.path}.{path.rpartition('.')[0]}.additional_"
+                for index, branch in enumerate(host.linear(block, site).peft_branches):
+                    if not isinstance(branch, SNELLBranch):  # (none once merged)
+                        continue
+                    ours = f"{block.path}.{path}.peft_branches.{index}.updates"
+                    for j, target in enumerate(parts):
+                        for name, release in names.items():
+                            out[f"{ours}.{j}.{name}"] = f"{theirs}{target}.learnable.{release}"
+        return out
 
     def merge(self, host: BackboneHost) -> None:
         host.fold_branches()

@@ -6,9 +6,13 @@ import pytest
 import torch
 
 from methods import Site, build
-from methods.snell import KERNEL_SCALE, SNELLBranch, SNELLConfig, kernel_update, quantile
+from methods.snell import (KERNEL_SCALE, SNELLBranch, SNELLConfig, head_coefficients,
+                           kernel_update, quantile)
 
 from .conftest import MICRO, micro_input, run
+
+
+COEFFICIENTS = head_coefficients(torch.float64)
 
 
 def reference_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -28,14 +32,15 @@ def factors(n_in=6, n_out=10, half=3, seed=0):
 
 def test_the_plain_kernel_is_the_signed_sum_of_distances():
     a, b = factors()
-    assert torch.allclose(kernel_update(a, b, 0.0), reference_kernel(a, b), atol=1e-12)
+    assert torch.allclose(kernel_update(a, b, 0.0, COEFFICIENTS), reference_kernel(a, b),
+                          atol=1e-12)
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_sparsification_keeps_the_largest_entries_scaled_by_their_magnitude(sparsity):
     a, b = factors()
     k = reference_kernel(a, b)
-    s = kernel_update(a, b, sparsity)
+    s = kernel_update(a, b, sparsity, COEFFICIENTS)
     kept = s != 0
     assert kept.sum() == round(k.numel() * (1 - sparsity))  # 60 distinct entries
     assert k.abs()[kept].min() > k.abs()[~kept].max()
@@ -57,7 +62,7 @@ def test_the_magnitude_factor_passes_no_gradient():
     """d S / d K = |K| on kept entries, 0 elsewhere (the magnitude is detached)."""
     a, b = factors()
     a.requires_grad_(True)
-    k = kernel_update(a, b, 0.0)
+    k = kernel_update(a, b, 0.0, COEFFICIENTS)
     k_leaf = k.detach().requires_grad_(True)
     magnitude = k_leaf.detach().abs()
     threshold = torch.quantile(magnitude.flatten(), 0.5)
@@ -74,7 +79,7 @@ def test_a_qkv_branch_writes_only_its_thirds_with_one_dropout_draw():
     assert out.shape == (3, 5, 24) and torch.equal(out[..., 8:16], torch.zeros(3, 5, 8))
     for update, rows in zip(branch.updates, (slice(0, 8), slice(16, 24))):
         assert torch.allclose(out[..., rows], x @ kernel_update(
-            update.in_factors, update.out_factors, 0.5), atol=1e-6)
+            update.in_factors, update.out_factors, 0.5, update.coefficients), atol=1e-6)
     assert torch.allclose(x @ branch.delta_weight().T, out, atol=1e-6)
 
 
@@ -127,3 +132,67 @@ def test_the_paper_budget_lands_within_a_tenth_of_a_million(backbone, task, coun
     target = target_count(parse_budget("paper"), backbone, "snell", task)
     assert target == round(count * 1e6)
     assert abs(solve("snell", backbone, task, target).count - target) <= 1e5
+
+
+def released_update(learnable: dict[str, torch.Tensor], sparsity: float) -> torch.Tensor:
+    """The release's ``SNELL._forward`` weight (out x in), transcribed: pathIntegrals, then
+    sparsify with torch.quantile (KLoRA, sparsity 0: the plain kernel)."""
+    suffix = "_1" if sparsity == 0 else ""
+    dist = torch.cdist(learnable["In_Qs" + suffix], learnable["Out_Qs" + suffix], p=2)
+    weight = torch.sum(learnable["shared_coeff_fc"] * dist, dim=0)
+    if sparsity:
+        magnitude = weight.detach().abs()
+        threshold = torch.quantile(magnitude.flatten(), sparsity)
+        weight = weight * torch.nn.functional.threshold(magnitude, float(threshold), 0)
+    return weight.T
+
+
+@pytest.mark.parametrize("family,sparsity", [("swin", 0.9), ("convnext", 0.9), ("vit", 0.9),
+                                             ("swin", 0.0)])
+def test_a_checkpoint_in_the_releases_naming_loads_and_updates_as_the_release(family, sparsity):
+    """A state dict as the authors' code saves it (timm's block names; ``additional_<linear>``
+    TuningModules with ``learnable.In_Qs / Out_Qs / shared_coeff_fc``, KLoRA's ``In_Qs_1`` at
+    sparsity 0; SNELL's ViT splits q, k, v) loads, updates each linear as the release's
+    formula does, and exports back to the same names."""
+    from methods.checkpoints import export_official, load_official
+
+    torch.manual_seed(3)
+    targets = ("fc1", "fc2") if family == "convnext" else ("q", "k", "v", "proj", "fc1", "fc2")
+    host = build(MICRO[family], "snell", "cifar100", rank=4, sparsity=sparsity, targets=targets)
+    backbone = {k: v for k, v in host.model.state_dict().items()
+                if k not in host.added_state_keys()}
+    if family == "vit":  # SNELL's ViT: attn.q / attn.k / attn.v
+        for key in [k for k in backbone if ".attn.qkv." in k]:
+            for part, chunk in zip("qkv", backbone.pop(key).chunk(3, dim=0)):
+                backbone[key.replace(".qkv.", f".{part}.")] = chunk
+    suffix = "_1" if sparsity == 0 else ""
+    release, learnables = dict(backbone), {}
+    for block in host.blocks:
+        for target in targets:
+            linear = {"q": "attn.qkv", "k": "attn.qkv", "v": "attn.qkv",
+                      "proj": "attn.proj"}.get(target, "mlp." + target)
+            layer = block.module.get_submodule(linear)
+            rows = layer.out_features // 3 if target in ("q", "k", "v") else layer.out_features
+            prefix = f"{block.path}.{linear.split('.')[0]}.additional_{target}.learnable."
+            learnable = {"In_Qs" + suffix: torch.randn(2, layer.in_features, 2),
+                         "Out_Qs" + suffix: torch.randn(2, rows, 2),
+                         "shared_coeff_fc": 0.1 * torch.tensor([1, -1]).view(2, 1, 1)}
+            release.update({prefix + k: v for k, v in learnable.items()})
+            learnables[(block.path, target)] = (linear, learnable)
+
+    target_host = build(MICRO[family], "snell", "cifar100", rank=4, sparsity=sparsity,
+                        targets=targets)
+    report = load_official(target_host, release)
+    assert report.method_keys == len(release) - len(backbone)
+    for (path, target), (linear, learnable) in learnables.items():
+        layer = target_host.model.get_submodule(f"{path}.{linear}")
+        (branch,) = layer.peft_branches
+        rows = layer.out_features // 3
+        delta = branch.delta_weight()
+        if target in ("q", "k", "v"):
+            delta = delta["qkv".index(target) * rows:("qkv".index(target) + 1) * rows]
+        assert torch.allclose(delta, released_update(learnable, sparsity), atol=1e-6), path
+    exported = export_official(target_host)
+    assert {k for k in exported if ".additional_" in k} == set(release) - set(backbone)
+    target_host.method.merge(target_host)  # merged: nothing of SNELL's left to name
+    assert not any(".additional_" in k for k in export_official(target_host))

@@ -15,7 +15,8 @@ from .base import (BackboneHost, BlockInfo, CheckpointError, Role, Site, SiteMix
                    register_family)
 
 _QKV = re.compile(r"^(blocks\.\d+\.attn\.)qkv\.(weight|bias)$")
-_QKV_SPLIT = re.compile(r"^(blocks\.\d+\.attn\.)([qkv])_proj\.(weight|bias)$")
+# q_proj (AdaptFormer's and ParaX's releases) or q (SNELL's)
+_QKV_SPLIT = re.compile(r"^(blocks\.\d+\.attn\.)([qkv])((?:_proj)?)\.(weight|bias)$")
 
 
 class ViTSiteBlock(SiteMixin, Block):
@@ -97,19 +98,19 @@ class ViTHost(BackboneHost):
 
     @classmethod
     def from_release(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The release's q_proj / k_proj / v_proj and block-level fc1 / fc2 -> timm's naming
-        (timm's own and MAE's checkpoints pass unchanged)."""
-        parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        """The releases' q_proj / k_proj / v_proj (or SNELL's q / k / v) and block-level fc1 /
+        fc2 -> timm's naming (timm's own and MAE's checkpoints pass unchanged)."""
+        parts: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
         out = {}
         for key, value in state.items():
             match = _QKV_SPLIT.match(key)
             if match is None:
                 out[re.sub(r"^blocks\.(\d+)\.fc([12])\.", r"blocks.\1.mlp.fc\2.", key)] = value
             else:
-                parts.setdefault((match[1], match[3]), {})[match[2]] = value
-        for (prefix, kind), qkv in parts.items():
+                parts.setdefault((match[1], match[3], match[4]), {})[match[2]] = value
+        for (prefix, proj, kind), qkv in parts.items():
             if sorted(qkv) != ["k", "q", "v"]:
-                missing = [f"{prefix}{p}_proj.{kind}" for p in "qkv" if p not in qkv]
+                missing = [f"{prefix}{p}{proj}.{kind}" for p in "qkv" if p not in qkv]
                 raise CheckpointError(f"checkpoint has only part of a ViT attention projection: "
                                       f"missing {missing}")
             out[f"{prefix}qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
@@ -139,7 +140,8 @@ class ViTHost(BackboneHost):
         the last block's output also goes through what a method attached at the stage output."""
         last = len(self.model.blocks) - 1
         if not indices or any(not 0 <= i <= last for i in indices):
-            raise ValueError(f"{self.name}: block indices must be in 0..{last}, got {list(indices)}")
+            raise ValueError(f"{self.name}: block indices must be in 0..{last}, "
+                             f"got {list(indices)}")
         feats = self.model.forward_intermediates(x, indices=list(indices), norm=False,
                                                  output_fmt="NCHW", intermediates_only=True)
         return [self._stage_out(0, f) if i == last else f for i, f in zip(indices, feats)]
