@@ -22,6 +22,7 @@ from scipy import stats
 from catalog import Cell, Metric, get_backbone, get_task
 from methods import get_method
 
+from .budget import counted_head_params
 from .io import write_json_atomic, write_text_atomic
 from .reported import reported_table
 from .tables import ablation_method, ablation_tables, comparison_tables, table_of
@@ -128,7 +129,10 @@ class Aggregator:
         return {r.cell.seed: r.result["metrics"][metric.key] * metric.scale for r in runs}
 
     def _params_m(self, runs: list[Run]) -> dict[str, Any]:
-        counts = {r.result["trainable_backbone_params"] for r in runs if r.applicable}
+        """The runs' count as the paper's table counts it (Table 7: with the heads)."""
+        counts = {r.result["trainable_backbone_params"]
+                  + counted_head_params(r.cell.backbone, r.cell.task)
+                  for r in runs if r.applicable}
         if not counts:
             return {"text": "n/a" if runs else "-", "value": None}
         return _number(max(counts) / 1e6, 2)

@@ -8,6 +8,7 @@ widths) a bisection over the knob's values takes over.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from methods.base import PEFTMethod
 from catalog import get_task
 
 from .reported import reported_params_m
+from .tables import counts_heads, table_of
 
 _NUMBER = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:e(\d+))?([kKmM]?)$")
 
@@ -64,6 +66,17 @@ def parse_budget(text: str) -> Budget:
                      f"backbone (3%), match:METHOD or paper; got {text!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def counted_head_params(backbone: str, task: str) -> int:
+    """The task heads' parameters that the paper's count for a (backbone, task) cell
+    includes: SETR-PUP's on Table 7 (``counts_heads``), none elsewhere."""
+    if not counts_heads(table_of(task, backbone)):
+        return 0
+    from tasks.segmentation import setr_head_params
+
+    return setr_head_params(backbone, get_task(task).layout.num_classes)
+
+
 def target_count(budget: Budget, backbone: str, method: str, task: str) -> int:
     if budget.kind == "absolute":
         return round(budget.value)
@@ -77,7 +90,7 @@ def target_count(budget: Budget, backbone: str, method: str, task: str) -> int:
     if reported is None:
         raise ValueError(f"the paper reports no count for {method} on {backbone} "
                          f"({task_spec.paper_dataset}); use a number, a % or match:METHOD")
-    return round(reported * 1e6)
+    return round(reported * 1e6) - counted_head_params(backbone, task)
 
 
 @dataclass

@@ -47,11 +47,13 @@ def cmd_params(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return 0
+    with_heads = any(row.head_params for row in rows)  # Table 7 counts the heads too
     frame = pd.DataFrame([{
         "backbone": r.backbone, "method": r.method, "task": r.task,
         **({"budget_target": r.budget_target} if budget else {}),
         "width": r.width_text,
         "trainable_backbone_params": r.trainable_backbone_params,
+        **({"head_params": r.head_params} if with_heads else {}),
         "params_m": round(r.params_m, 2),
         "reported_params_m": r.reported_params_m,
     } for r in rows])

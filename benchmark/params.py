@@ -8,7 +8,7 @@ from methods import count_trainable, get_backbone, get_method, method_for
 from methods.base import NotApplicableError
 from catalog import get_task
 
-from .budget import Budget, solve, target_count
+from .budget import Budget, counted_head_params, solve, target_count
 from .reported import reported_params_m
 
 
@@ -22,6 +22,7 @@ class ParamRow:
     reported_params_m: float | None
     budget: str | None = None
     budget_target: int | None = None
+    head_params: int = 0  # the task heads' parameters the paper's count includes (Table 7)
 
     @property
     def width_text(self) -> str:
@@ -29,7 +30,8 @@ class ParamRow:
 
     @property
     def params_m(self) -> float:
-        return self.trainable_backbone_params / 1e6
+        """The count as the paper's table counts it (millions)."""
+        return (self.trainable_backbone_params + self.head_params) / 1e6
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "params_m": round(self.params_m, 4)}
@@ -48,10 +50,11 @@ def count_row(backbone: str, method: str, task: str | None = None,
                                  task_spec.kind, task_spec.paper_dataset)
     instance = method_for(method, backbone, task_spec.name, **(overrides or {}))
     n = count_trainable(backbone, instance, task_spec.name)
+    heads = counted_head_params(backbone, task_spec.name)
     target = None
     if budget is not None and instance.config.budget_knob() is not None:
         target = target_count(budget, backbone, method, task_spec.name)
-        keep = budget.kind == "paper" and round(n / 1e6, 1) == reported
+        keep = budget.kind == "paper" and round((n + heads) / 1e6, 1) == reported
         if not keep:
             solution = solve(method, backbone, task_spec.name, target, overrides)
             instance, n = solution.method, solution.count
@@ -63,6 +66,7 @@ def count_row(backbone: str, method: str, task: str | None = None,
         reported_params_m=None if overrides and budget is None else reported,
         budget=None if budget is None else str(budget),
         budget_target=target,
+        head_params=heads,
     )
 
 

@@ -42,6 +42,12 @@ def table_of(task: str, backbone: str) -> str:
     return get_task(task).paper_table
 
 
+def counts_heads(table: str) -> bool:
+    """Whether the table's parameter counts include the task's heads (``counts_heads``)."""
+    entry = spec()["comparison"].get(table)
+    return isinstance(entry, dict) and bool(entry.get("counts_heads"))
+
+
 def ablation_tables() -> dict[str, dict[str, Any]]:
     """table -> {title, default}."""
     return dict(spec()["ablations"])

@@ -20,7 +20,8 @@ the release masks the dense weight's gradient, which is the same update under it
 without weight decay). On a task without image labels (detection, segmentation, pose) the
 selection gradient is the task's own training loss, with its decoder as initialised; the
 release covers classification only. K is the width knob: ViT-B's 3.5 M (Table 4) is K = 41
-(83,712 rows on ViT-B/16, 42 x 83,712 with the biases); ViT-L's 14.9 M (Table 7) K = 66.
+(83,712 rows on ViT-B/16, 42 x 83,712 with the biases); ViT-L's 14.9 M (Table 7, which
+counts SETR-PUP's 13.14 M of heads too) K = 7.
 Mergeable: the update folds into the weights.
 """
 from __future__ import annotations

@@ -213,16 +213,18 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     return cfg
 
 
-def _setr(cfg: dict[str, Any], cell: Cell, p: dict[str, Any], num_classes: int) -> None:
-    """Turn the UperNet configuration into SETR-PUP's on a plain ViT (SETR_BLOCKS above)."""
+def _setr_layout(backbone: str) -> tuple[int, tuple[int, ...]]:
+    """(token width, the blocks SETR reads) of a plain ViT (SETR_BLOCKS above)."""
     from methods.backbones import create_backbone
 
-    paper = cell.profile == "paper"
-    (stage,) = create_backbone(cell.backbone, device="meta").stages
-    dim, depth = stage.dim, stage.depth
-    blocks = SETR_BLOCKS.get(cell.backbone, tuple(range(max(0, depth - 4), depth)))
-    channels = SETR_PAPER["channels"] if paper else p["channels"]
+    (stage,) = create_backbone(backbone, device="meta").stages
+    last_four = tuple(range(max(0, stage.depth - 4), stage.depth))
+    return stage.dim, SETR_BLOCKS.get(backbone, last_four)
 
+
+def _setr_heads(dim: int, channels: int, num_classes: int, blocks: tuple[int, ...],
+                aux: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """SETR-PUP's decode head (on the last block) and its auxiliary heads (the others)."""
     def head(index: int, convs: int, up_scale: int, weight: float) -> dict[str, Any]:
         return dict(type="SETRUPHead", in_channels=dim, channels=channels, in_index=index,
                     num_classes=num_classes, dropout_ratio=0, num_convs=convs, up_scale=up_scale,
@@ -230,11 +232,39 @@ def _setr(cfg: dict[str, Any], cell: Cell, p: dict[str, Any], num_classes: int) 
                     align_corners=False, loss_decode=dict(type="CrossEntropyLoss",
                                                           use_sigmoid=False, loss_weight=weight))
 
+    return (head(len(blocks) - 1, 4, 2, 1.0),
+            [head(i, 2, 4, 0.4) for i in range(len(blocks) - 1)] if aux else [])
+
+
+def setr_head_params(backbone: str, num_classes: int) -> int:
+    """Parameters of the SETR-PUP heads (decode and auxiliary) the paper profile builds on
+    ``backbone``: Table 7's counts include them."""
+    import warnings
+
+    import torch
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    dim, blocks = _setr_layout(backbone)
+    decode, aux = _setr_heads(dim, SETR_PAPER["channels"], num_classes, blocks,
+                              PROFILES["paper"]["aux"])
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mmseg's notes on its loss builder, not about counts
+        return sum(p.numel() for cfg in (decode, *aux) for p in MODELS.build(cfg).parameters())
+
+
+def _setr(cfg: dict[str, Any], cell: Cell, p: dict[str, Any], num_classes: int) -> None:
+    """Turn the UperNet configuration into SETR-PUP's on a plain ViT (SETR_BLOCKS above)."""
+    paper = cell.profile == "paper"
+    dim, blocks = _setr_layout(cell.backbone)
+    channels = SETR_PAPER["channels"] if paper else p["channels"]
+    decode, aux = _setr_heads(dim, channels, num_classes, blocks, p["aux"])
     model = cfg["model"]
     model["backbone"]["block_outputs"] = blocks
-    model["decode_head"] = head(len(blocks) - 1, 4, 2, 1.0)
-    if p["aux"]:
-        model["auxiliary_head"] = [head(i, 2, 4, 0.4) for i in range(len(blocks) - 1)]
+    model["decode_head"] = decode
+    if aux:
+        model["auxiliary_head"] = aux
     if paper:
         crop, stride = SETR_PAPER["slide"]
         model["test_cfg"] = dict(mode="slide", crop_size=(crop, crop), stride=(stride, stride))

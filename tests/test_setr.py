@@ -81,13 +81,34 @@ def test_the_paper_config_is_mmsegs_setr_pup_on_vit_l(ade):
     assert swin["model"]["decode_head"]["type"] == "UPerHead"  # Tables 1 and 10 keep UperNet
 
 
-def test_parax_on_vit_l_lands_on_table_7s_count(capsys):
-    assert main(["params", "--backbone", "vit-l", "--method", "parax", "gps", "--task", "ade20k",
-                 "--budget", "paper", "--format", "json"]) == 0
+# SETR-PUP's heads on ViT-L for ADE20K's 150 classes: the decode head (input LayerNorm, 3x3
+# convs 1024 -> 256 and 3 x 256 -> 256, bias-free before their BN, the 1x1 classifier) and
+# three auxiliary heads (LayerNorm, 1024 -> 256 and 256 -> 256 with BN, the classifier).
+DECODE = 2_048 + 1024 * 256 * 9 + 3 * 256 * 256 * 9 + 4 * 512 + 256 * 150 + 150
+AUX = 2_048 + 1024 * 256 * 9 + 256 * 256 * 9 + 2 * 512 + 256 * 150 + 150
+VIT_L = 303_301_632  # timm's ViT-L/16 without its classifier
+
+
+def test_table_7_counts_setr_puts_heads_beside_the_backbone(capsys):
+    """Table 7's figures (from the SPT and GPS papers) include the heads: full fine-tuning's
+    317.3 M is ViT-L with a 512-input position table (+0.85 M) plus 13.14 M of heads."""
+    from benchmark.budget import counted_head_params
+
+    assert counted_head_params("vit-l", "ade20k") == DECODE + 3 * AUX == 13_143_640
+    assert counted_head_params("swin-b", "ade20k") == counted_head_params("vit-b", "cifar100") == 0
+    assert VIT_L + (1025 - 197) * 1024 + DECODE + 3 * AUX == pytest.approx(317.3e6, abs=0.05e6)
+    assert main(["params", "--backbone", "vit-l", "--method", "parax", "gps", "full", "--task",
+                 "ade20k", "--budget", "paper", "--format", "json"]) == 0
     rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["parax"]["reported_params_m"] == 14.7 and rows["gps"]["reported_params_m"] == 14.9
-    for r in rows.values():
-        assert abs(r["trainable_backbone_params"] / 1e6 - r["reported_params_m"]) <= 0.1, r
+    for method in ("parax", "gps"):
+        r = rows[method]
+        assert r["head_params"] == 13_143_640
+        assert r["params_m"] == pytest.approx((r["trainable_backbone_params"] + 13_143_640) / 1e6,
+                                              abs=1e-4)
+        assert abs(r["params_m"] - r["reported_params_m"]) <= 0.1, r
+    # full fine-tuning keeps timm's 224 position table (interpolated per input): 0.85 M short
+    assert rows["full"]["trainable_backbone_params"] == VIT_L
 
 
 def test_plain_vit_segmentation_cells_fill_table_7():
