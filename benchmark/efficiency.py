@@ -37,8 +37,9 @@ from typing import Any, Callable, Iterable
 import torch
 import yaml
 
-from methods import (NotApplicableError, NotMergeableError, build, get_backbone, get_method,
-                     merge_in_place)
+from methods import (NotApplicableError, NotMergeableError, SelectionBatch, build, get_backbone,
+                     get_method, merge_in_place)
+from methods.base import unfreeze
 
 from .budget import parse_budget
 from .params import sized_options
@@ -149,14 +150,22 @@ def measure(setting: Setting, method: str, options: dict[str, Any],
     baseline_kb = _rss_kb("VmRSS")
     torch.manual_seed(setting.seed)
     host = build(setting.backbone, method, setting.task, device=device, **options)
-    params = host.trainable_parameters()
-    buf = io.BytesIO()
-    torch.save(trainable_state(host), buf)
     g = torch.Generator(device=device).manual_seed(setting.seed)
     x = torch.randn(setting.batch, 3, setting.height, setting.width, generator=g, device=device)
     x_latency = torch.randn(setting.latency_batch, 3, setting.height, setting.width,
                             generator=g, device=device)
     dense = host.dense
+    if host.method.planned_count(host) is not None:
+        # a structure chosen from data (SPT's): chosen here from these inputs' features, for
+        # what it costs, not for which weights a task would pick
+        outputs = (lambda: host.forward_features(x)) if dense else (
+            lambda: [host.forward_pooled(x)])
+        host.method.select(host, [SelectionBatch(
+            lambda: sum(f.float().pow(2).mean() for f in outputs()))])
+        unfreeze(host)
+    params = host.trainable_parameters()
+    buf = io.BytesIO()
+    torch.save(trainable_state(host), buf)
 
     def autocast():
         return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()

@@ -45,6 +45,7 @@ def export_cell(cell: Cell, work_dir: str | os.PathLike, out: str | os.PathLike)
     """Write ``cell``'s trained method state (from its run in ``work_dir``) to ``out``
     atomically; return the number of tensors written."""
     from methods import build
+    from methods.base import restore
 
     from .io import write_bytes_atomic
     from .runner import code_fingerprint
@@ -58,6 +59,7 @@ def export_cell(cell: Cell, work_dir: str | os.PathLike, out: str | os.PathLike)
     trained = {k[len(BACKBONE_PREFIX):]: v for k, v in checkpoint["state_dict"].items()
                if k.startswith(BACKBONE_PREFIX)}
     host = build(cell.backbone, cell.method, cell.task, **dict(cell.options))
+    restore(host, trained)
     host.model.load_state_dict(trained)
     state = method_state(host)
     buf = io.BytesIO()
@@ -69,9 +71,12 @@ def export_cell(cell: Cell, work_dir: str | os.PathLike, out: str | os.PathLike)
 def compare_state(host, source: str | os.PathLike) -> tuple[int, list[str]]:
     """(parameters in ``source``, what differs from the method state ``host`` would write):
     a file of another method, backbone or option set differs in names or shapes."""
+    from methods.base import restore
     from methods.checkpoints import read_state_dict
 
-    theirs, ours = read_state_dict(source), method_state(host)
+    theirs = read_state_dict(source)
+    restore(host, host.from_release(theirs))
+    ours = method_state(host)
     problems = []
     missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
     if missing:

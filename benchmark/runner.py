@@ -202,6 +202,7 @@ def select(runner, cell: Cell) -> None:
     from tqdm import tqdm
 
     from methods import PEFTMethod, SelectionBatch
+    from methods.base import unfreeze
 
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     host = model.backbone.host
@@ -250,6 +251,9 @@ def select(runner, cell: Cell) -> None:
     for p, requires_grad in grads:
         p.grad = None
         p.requires_grad_(requires_grad)
+    unfreeze(host)
+    if is_model_wrapper(runner.model):  # DDP registers parameters once: wrap what was selected
+        runner.model = runner.wrap_model(runner.cfg.get("model_wrapper_cfg"), model)
 
 
 def per_process_batch(global_batch: int, world_size: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -122,8 +122,18 @@ class PEFTMethod(ABC):
         """Choose what trains from the training data (SPT, GPS override this). The runner calls
         it once, after attaching and before training, with one shuffled pass over the training
         set, the model in training mode and the global RNG seeded by the cell's seed; it
-        clears the gradients and restores the model's other buffers afterwards. The trainable
-        shapes are fixed by ``attach`` (counts need no data), so a selection fills buffers."""
+        clears the gradients, restores the model's other buffers and unfreezes ``trainable``
+        afterwards. A selection fills buffers, or attaches a structure it chose (SPT), which
+        then needs ``planned_count`` and ``restore``."""
+
+    def planned_count(self, host: "BackboneHost") -> int | None:
+        """The trainable count a structure chosen by ``select`` is sized to (its budget), for
+        counting before any data; None: count what ``attach`` built."""
+        return None
+
+    def restore(self, host: "BackboneHost", state: Mapping[str, torch.Tensor]) -> None:
+        """Rebuild the structure ``select`` chose from a saved state dict (our naming), so that
+        the state loads into it; nothing to do for a method whose shapes ``attach`` fixes."""
 
     def merge(self, host: "BackboneHost") -> None:
         """Fold the attached update into the frozen weights and remove the modules."""
@@ -144,7 +154,21 @@ def apply_method(host: "BackboneHost", method: PEFTMethod) -> "BackboneHost":
         raise ValueError(f"{host.name} already has method '{host.method.name}' attached")
     host.freeze_backbone()
     method.attach(host)
-    for p in method.trainable(host):
-        p.requires_grad_(True)
     host.method = method
+    unfreeze(host)
     return host
+
+
+def unfreeze(host: "BackboneHost") -> None:
+    """Unfreeze what the host's method declares as trainable (after attaching, selecting or
+    restoring)."""
+    for p in host.method.trainable(host):
+        p.requires_grad_(True)
+
+
+def restore(host: "BackboneHost", state: Mapping[str, torch.Tensor]) -> None:
+    """Rebuild the host's data-chosen structure from ``state`` (``PEFTMethod.restore``) and
+    unfreeze what trains in it, as after the selection."""
+    if host.method is not None:
+        host.method.restore(host, state)
+        unfreeze(host)

@@ -66,7 +66,8 @@ def count_trainable(backbone: str, method: PEFTMethod, task: str | None = None) 
         try:
             with torch.device("meta"):
                 apply_method(host, method)
-            _COUNTS[key] = host.num_trainable()
+            planned = method.planned_count(host)
+            _COUNTS[key] = host.num_trainable() if planned is None else planned
         finally:
             host.detach_all()
     return _COUNTS[key]

@@ -20,6 +20,7 @@ from typing import Mapping
 
 import torch
 
+from .base import restore
 from .hosts import BackboneHost, CheckpointError
 
 
@@ -89,6 +90,7 @@ def load_official(host: BackboneHost,
     """
     state, outside = _split_backbone(read_state_dict(source))
     state = host.from_release(state)
+    restore(host, state)
     theirs_to_ours = {v: k for k, v in _method_keys(host).items()}
     added = host.added_state_keys()
     method_part = {theirs_to_ours.get(k, k): v for k, v in state.items()

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from torchvision.transforms import v2
 
 from .base import MethodConfig, PEFTMethod, SelectionBatch, width_field
-from .hosts import BackboneHost
+from .hosts import BackboneHost, LayerDelta
 from .registry import register_method
 
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -56,31 +56,20 @@ class GPSConfig(MethodConfig):
             raise ValueError(f"gps: temperature must be positive, got {self.temperature!r}")
 
 
-class SparseUpdate(nn.Module):
+class SparseUpdate(LayerDelta):
     """Trainable values at ``k`` chosen entries of each row of a Linear's or Conv2d's weight,
     added to its output; the indices are a buffer the selection fills."""
 
     def __init__(self, layer: nn.Module, k: int):
-        super().__init__()
+        super().__init__(layer)
         rows, width = layer.weight.shape[0], layer.weight[0].numel()
         self.k = min(k, width)
-        self.shape = tuple(layer.weight.shape)
-        self.conv = (dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                          groups=layer.groups) if isinstance(layer, nn.Conv2d) else None)
-        if self.conv is not None and layer.padding_mode != "zeros":
-            raise ValueError(f"gps: a conv with padding_mode {layer.padding_mode!r} (expected "
-                             f"'zeros')")
         self.values = nn.Parameter(torch.zeros(rows, self.k))
         self.register_buffer("index", torch.arange(self.k).repeat(rows, 1))
 
     def delta_weight(self) -> torch.Tensor:
         dense = self.values.new_zeros(self.shape[0], math.prod(self.shape[1:]))
         return dense.scatter(1, self.index, self.values).view(self.shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.conv is None:
-            return F.linear(x, self.delta_weight())
-        return F.conv2d(x, self.delta_weight(), None, **self.conv)
 
 
 def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor,

@@ -294,7 +294,7 @@ FAMILY_CELLS = {  # task -> (backbone family used, dataset sizes)
     "cifar100": ("vit", dict(train=16, val=8)),
 }
 METHODS = ["full", "linear", "parax", "lora", "adaptformer", "mona", "lorand", "repadapter", "vpt",
-           "snell", "gps"]
+           "snell", "gps", "spt-lora"]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Backbone hosts: named insertion sites on timm models, one file per family."""
 from .base import (HOSTS, LINEAR_SITES, LINEAR_TARGETS, TOKEN_SITES, BackboneHost, BlockInfo,
-                   ChannelNorm, CheckpointError, Role, Site, SiteLinear, SiteMixin,
+                   ChannelNorm, CheckpointError, LayerDelta, Role, Site, SiteLinear, SiteMixin,
                    SiteNotSupported, StageInfo, check_targets, get_family, register_family,
                    split_patches)
 from .convnext import ConvNeXtHost
@@ -8,6 +8,6 @@ from .swin import SwinHost
 from .vit import ViTHost
 
 __all__ = ["BackboneHost", "BlockInfo", "ChannelNorm", "CheckpointError", "ConvNeXtHost", "HOSTS",
-           "LINEAR_SITES", "LINEAR_TARGETS", "Role", "Site", "SiteLinear", "SiteMixin",
+           "LayerDelta", "LINEAR_SITES", "LINEAR_TARGETS", "Role", "Site", "SiteLinear", "SiteMixin",
            "SiteNotSupported", "StageInfo", "SwinHost", "TOKEN_SITES", "ViTHost", "check_targets",
            "get_family", "register_family", "split_patches"]

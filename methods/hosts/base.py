@@ -132,6 +132,32 @@ class SiteConv2d(nn.Conv2d):
         return out
 
 
+class LayerDelta(nn.Module):
+    """A layer branch that is a weight (and bias) update: its output is the Linear's or
+    Conv2d's op with ``delta_weight()`` and ``delta_bias()``, which ``fold_branches`` adds in."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.shape = tuple(layer.weight.shape)
+        self.weight_numel = layer.weight.numel()
+        self.conv = (dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                          groups=layer.groups) if isinstance(layer, nn.Conv2d) else None)
+        if self.conv is not None and layer.padding_mode != "zeros":
+            raise ValueError(f"a weight update on a conv with padding_mode "
+                             f"{layer.padding_mode!r} (expected 'zeros')")
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_bias(self) -> torch.Tensor | None:
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv is None:
+            return F.linear(x, self.delta_weight(), self.delta_bias())
+        return F.conv2d(x, self.delta_weight(), self.delta_bias(), **self.conv)
+
+
 BRANCHED = {nn.Linear: SiteLinear, nn.Conv2d: SiteConv2d}  # plain layer -> its branched class
 
 
@@ -335,6 +361,11 @@ class BackboneHost:
         self._attached.append(module)
         return module
 
+    def remove_shared(self, name: str) -> None:
+        """Drop shared state ``add_shared`` registered (a merge that folded what it served)."""
+        module = self.model.peft_shared.pop(name)
+        self._attached = [m for m in self._attached if m is not module]
+
     def linear(self, block: BlockInfo, site: Site) -> nn.Linear:
         """The frozen linear layer behind a linear site (e.g. for merging)."""
         self.require(site)
@@ -392,13 +423,17 @@ class BackboneHost:
         self.method = None
 
     def fold_branches(self) -> None:
-        """Add every layer branch's ``delta_weight()`` (a tensor of the layer's weight shape)
-        into its frozen layer and remove the branches (LoRA-style merging)."""
+        """Add every layer branch's ``delta_weight()`` (a tensor of the layer's weight shape),
+        and its ``delta_bias()`` where it has one, into its frozen layer and remove the
+        branches (LoRA-style merging)."""
         for module in self.model.modules():
             if type(module) in BRANCHED.values():
                 with torch.no_grad():
                     for branch in module.peft_branches:
                         module.weight += branch.delta_weight().to(module.weight.dtype)
+                        bias = getattr(branch, "delta_bias", lambda: None)()
+                        if bias is not None:
+                            module.bias += bias.to(module.bias.dtype)
                 module.peft_branches = nn.ModuleList()
 
     def to_timm(self) -> nn.Module:
