@@ -37,3 +37,20 @@ def micro_input(backbone: str, batch: int = 2, seed: int = 1) -> torch.Tensor:
 def run(host, x: torch.Tensor) -> list[torch.Tensor]:
     """Dense hosts: multi-scale features; classification hosts: pooled features."""
     return host.forward_features(x) if host.dense else [host.forward_pooled(x)]
+
+
+def paper_budget_rows(capsys, method: str, backbone: str, tasks: list[str]) -> list[dict]:
+    """``params --budget paper`` rows of ``method``, each asserted within 0.1 M of the count
+    the paper reports for it."""
+    import json
+
+    from benchmark.cli import main
+
+    assert main(["params", "--backbone", backbone, "--method", method, "--task", *tasks,
+                 "--budget", "paper", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == len(tasks)
+    for r in rows:
+        assert r["reported_params_m"] is not None, r
+        assert abs(r["params_m"] - r["reported_params_m"]) <= 0.1, r
+    return rows
