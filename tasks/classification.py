@@ -269,7 +269,7 @@ FORMATS = {"cifar100": "CIFAR100", "svhn": "SVHN", "food101": "Food101", "imagen
 PROFILES = {
     # spec §5's rule at the mini batch (lr 0.1 x 32 / 256, a fifth of the schedule warm-up,
     # cosine). A larger rate diverges for the adapters whose branch starts at full scale.
-    "mini": dict(batch=32, iters=40, warmup=0.2, lr=0.0125, weight_decay=0.0),
+    "mini": dict(batch=32, iters=36, warmup=0.2, lr=0.0125, weight_decay=0.0),
     # spec §5: SGD lr 0.1 x 1024 / 256, 100 epochs with 20 warm-up epochs, cosine.
     "paper": dict(batch=1024, iters=None, warmup=None, lr=0.4, weight_decay=0.0),
 }

@@ -17,7 +17,7 @@ from .registry import Kind, register_kind
 PROFILES = {
     # Mini: validation 8 images a batch (the synthetic ones are all 128 x 128, so none is
     # padded; mixed sizes are padded to the largest, as in training).
-    "mini": dict(scale=(128, 128), batch=4, val_batch=8, iters=50, warmup=8, width=64, fc=256,
+    "mini": dict(scale=(128, 128), batch=4, val_batch=8, iters=44, warmup=8, width=64, fc=256,
                  lr=2e-3),
     # spec §5: Mask R-CNN 1x, 1333x800, batch 16, AdamW lr 1e-4 / wd 0.05, steps at 8 and 11;
     # mmdet tests one image at a time.

@@ -14,7 +14,7 @@ from .registry import Kind, register_kind
 KEYPOINTS = 17  # COCO's: the heatmap head, flip pairs and OKS sigmas are built for them
 
 PROFILES = {
-    "mini": dict(input=(64, 96), heatmap=(16, 24), sigma=1, batch=16, iters=128, warmup=10,
+    "mini": dict(input=(64, 96), heatmap=(16, 24), sigma=1, batch=16, iters=112, warmup=10,
                  deconv=(64, 64, 64), lr=1e-3),
     "paper": dict(input=(192, 256), heatmap=(48, 64), sigma=2, batch=256, epochs=210,
                   warmup=500, deconv=(256, 256, 256), lr=5e-4),
