@@ -113,7 +113,7 @@ def solve(method: str, backbone: str, task: str, target: int,
 
     def value(i: int) -> Any:
         v = lo + i * step
-        return int(round(v)) if integral else v
+        return int(round(v)) if integral else round(v, 12)  # no float noise (0.0875, not ...01)
 
     cache: dict[int, tuple[PEFTMethod, int]] = {}
 

@@ -93,7 +93,7 @@ def test_an_unknown_method_in_params_fails_before_any_stage(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"{bad}: error: params.yaml names method 'nosuch', which is not registered; "
-        f"registered: adaptformer, full, gps, linear, lora, lorand, mona, parax, repadapter, snell, spt-lora, vpt"]
+        f"registered: adaptformer, colora, full, gps, linear, lora, lorand, mona, parax, repadapter, snell, spt-lora, vpt"]
     assert not (tmp_path / "dvc.yaml").exists()
 
 

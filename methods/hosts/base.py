@@ -41,6 +41,7 @@ class Site(str, enum.Enum):
     PROJ = "proj"  # additive branch on the attention output projection
     FC1 = "fc1"  # additive branch on the first MLP linear
     FC2 = "fc2"  # additive branch on the second MLP linear
+    DWCONV = "dwconv"  # additive branch on a conv block's depthwise conv (its token mixer)
     PROMPTS = "prompts"  # tokens appended to the block's input sequence (removed after it)
     STAGE_OUT = "stage_out"  # a stage's output on its way to the neck, replacing its output norm
 
@@ -56,7 +57,8 @@ TOKEN_SITES = frozenset({
     Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
     Site.MLP_PARALLEL, Site.BLOCK_OUT,
 })
-LINEAR_SITES = frozenset({Site.QKV, Site.PROJ, Site.FC1, Site.FC2})
+# Sites whose modules are additive branches of a block layer (a Linear, or the depthwise Conv2d).
+LINEAR_SITES = frozenset({Site.QKV, Site.PROJ, Site.FC1, Site.FC2, Site.DWCONV})
 # The linears a weight-update method (LoRA, SNELL) names in its ``targets``:
 # name -> (linear site, which third of the fused qkv output; None = the whole output).
 LINEAR_TARGETS = {"q": (Site.QKV, 0), "k": (Site.QKV, 1), "v": (Site.QKV, 2),

@@ -26,7 +26,8 @@ class ConvNeXtSiteBlock(SiteMixin, ConvNeXtBlock):
 
     Sites: attn_in (block input, before the depthwise conv), mlp_in (after the norm),
     mlp_branch (after layer scale and drop path), mlp_parallel (f(block input) added to
-    the residual sum), block_out, fc1 / fc2 (the pointwise linears, linear-MLP blocks only).
+    the residual sum), block_out, fc1 / fc2 (the pointwise linears, linear-MLP blocks only),
+    dwconv (branches beside the depthwise conv, on its input).
     """
 
     plain_class = ConvNeXtBlock
@@ -71,10 +72,10 @@ class ConvNeXtHost(BackboneHost):
     dense_out_norms = True
     sites = frozenset({
         Site.ATTN_IN, Site.MLP_IN, Site.MLP_BRANCH, Site.MLP_PARALLEL, Site.BLOCK_OUT,
-        Site.FC1, Site.FC2, Site.STAGE_OUT,
+        Site.FC1, Site.FC2, Site.DWCONV, Site.STAGE_OUT,
     })
     roles = {Role.SERIAL: (Site.BLOCK_OUT,), Role.BRANCH: (Site.MLP_BRANCH,)}
-    linear_paths = {Site.FC1: "mlp.fc1", Site.FC2: "mlp.fc2"}
+    linear_paths = {Site.FC1: "mlp.fc1", Site.FC2: "mlp.fc2", Site.DWCONV: "conv_dw"}
     block_class = ConvNeXtSiteBlock
     checkpoint_filter = staticmethod(convnext.checkpoint_filter_fn)
 
