@@ -166,21 +166,21 @@ class CorrelatedPair(nn.Module):
 
     def delta(self, which: int) -> torch.Tensor:
         fc1, fc2 = self.layers
-        out = torch.zeros_like(fc1.weight if which == 0 else fc2.weight)
+        terms = []
         if self.shared_rank:
             a, b = self.lora_pw_share_A, self.lora_pw_share_B
             factor = (self.shared_rank * fc1.in_features) ** 0.25
             if which == 0:
                 through = fc2.weight.t() @ b  # (4C, r_s)
-                out = out + through @ (a / (factor * (through.std() + a.std())))
+                terms.append(through @ (a / (factor * (through.std() + a.std()))))
             else:
                 through = a @ fc1.weight.t()  # (r_s, 4C)
-                out = out + (b / (factor * (through.std() + b.std()))) @ through
-        if self.own_rank:
+                terms.append((b / (factor * (through.std() + b.std()))) @ through)
+        if self.own_rank:  # rank >= 1, so at least one term
             a, b = ((self.lora_pw_A1, self.lora_pw_B1) if which == 0
                     else (self.lora_pw_A2, self.lora_pw_B2))
-            out = out + (b @ a) / (math.sqrt(self.own_rank) * (a.std() + b.std()))
-        return out
+            terms.append((b @ a) / (math.sqrt(self.own_rank) * (a.std() + b.std())))
+        return sum(terms[1:], terms[0])
 
 
 class PointwiseDelta(LayerDelta):
