@@ -129,9 +129,10 @@ class Aggregator:
         return {r.cell.seed: r.result["metrics"][metric.key] * metric.scale for r in runs}
 
     def _params_m(self, runs: list[Run]) -> dict[str, Any]:
-        """The runs' count as the paper's table counts it (Table 7: with the heads)."""
+        """The runs' count as the paper's table counts it (Table 7, Table 8's full
+        fine-tuning: with the heads)."""
         counts = {r.result["trainable_backbone_params"]
-                  + counted_head_params(r.cell.backbone, r.cell.task)
+                  + counted_head_params(r.cell.backbone, r.cell.task, r.cell.method)
                   for r in runs if r.applicable}
         if not counts:
             return {"text": "n/a" if runs else "-", "value": None}

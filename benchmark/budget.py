@@ -67,14 +67,15 @@ def parse_budget(text: str) -> Budget:
 
 
 @functools.lru_cache(maxsize=None)
-def counted_head_params(backbone: str, task: str) -> int:
-    """The task heads' parameters that the paper's count for a (backbone, task) cell
-    includes: SETR-PUP's on Table 7 (``counts_heads``), none elsewhere."""
-    if not counts_heads(table_of(task, backbone)):
+def counted_head_params(backbone: str, task: str, method: str) -> int:
+    """The task heads' parameters that the paper's count for a (backbone, task, method) cell
+    includes (``counts_heads``): SETR-PUP's on Table 7, UperNet's for Table 8's full
+    fine-tuning, none elsewhere."""
+    if not counts_heads(table_of(task, backbone), method):
         return 0
-    from tasks.segmentation import setr_head_params
+    from tasks.segmentation import head_params
 
-    return setr_head_params(backbone, get_task(task).layout.num_classes)
+    return head_params(backbone, get_task(task).layout.num_classes)
 
 
 def target_count(budget: Budget, backbone: str, method: str, task: str) -> int:
@@ -90,7 +91,7 @@ def target_count(budget: Budget, backbone: str, method: str, task: str) -> int:
     if reported is None:
         raise ValueError(f"the paper reports no count for {method} on {backbone} "
                          f"({task_spec.paper_dataset}); use a number, a % or match:METHOD")
-    return round(reported * 1e6) - counted_head_params(backbone, task)
+    return round(reported * 1e6) - counted_head_params(backbone, task, method)
 
 
 @dataclass

@@ -47,7 +47,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return 0
-    with_heads = any(row.head_params for row in rows)  # Table 7 counts the heads too
+    with_heads = any(row.head_params for row in rows)  # Tables 7 and 8 count heads too
     frame = pd.DataFrame([{
         "backbone": r.backbone, "method": r.method, "task": r.task,
         **({"budget_target": r.budget_target} if budget else {}),

@@ -22,7 +22,7 @@ class ParamRow:
     reported_params_m: float | None
     budget: str | None = None
     budget_target: int | None = None
-    head_params: int = 0  # the task heads' parameters the paper's count includes (Table 7)
+    head_params: int = 0  # the task heads' parameters the paper's count includes (Tables 7, 8)
 
     @property
     def width_text(self) -> str:
@@ -50,7 +50,7 @@ def count_row(backbone: str, method: str, task: str | None = None,
                                  task_spec.kind, task_spec.paper_dataset)
     instance = method_for(method, backbone, task_spec.name, **(overrides or {}))
     n = count_trainable(backbone, instance, task_spec.name)
-    heads = counted_head_params(backbone, task_spec.name)
+    heads = counted_head_params(backbone, task_spec.name, method)
     target = None
     if budget is not None and instance.config.budget_knob() is not None:
         target = target_count(budget, backbone, method, task_spec.name)

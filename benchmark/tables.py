@@ -42,10 +42,12 @@ def table_of(task: str, backbone: str) -> str:
     return get_task(task).paper_table
 
 
-def counts_heads(table: str) -> bool:
-    """Whether the table's parameter counts include the task's heads (``counts_heads``)."""
+def counts_heads(table: str, method: str) -> bool:
+    """Whether the table's parameter count of ``method`` includes the task's heads
+    (``counts_heads``: true for every row, or the methods whose rows do)."""
     entry = spec()["comparison"].get(table)
-    return isinstance(entry, dict) and bool(entry.get("counts_heads"))
+    rows = entry.get("counts_heads") if isinstance(entry, dict) else None
+    return rows is True or (isinstance(rows, list) and method in rows)
 
 
 def ablation_tables() -> dict[str, dict[str, Any]]:

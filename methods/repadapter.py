@@ -10,7 +10,8 @@ config 1, and its segmentation code (``segmentation_task``) the module default 1
 Our choices: ImageNet-R (not in the release) and the detection, panoptic and pose tasks take
 the module default 1.0, as segmentation does. On ConvNeXt, the modules go before the
 depthwise conv and before the MLP; the first cannot fold into a depthwise conv (the adapter
-mixes channels), so ConvNeXt models do not merge.
+mixes channels), so ConvNeXt models do not merge; nor do VMamba models, whose SS2D input
+projection has no bias to take the adapter's.
 """
 from __future__ import annotations
 
@@ -94,9 +95,11 @@ class RepAdapter(PEFTMethod):
 
     def merge(self, host: BackboneHost) -> None:
         if not all(host.has(target) for target in FOLDS_INTO.values()):
-            raise NotMergeableError(f"repadapter: on {host.display_name} an adapter is not "
-                                    f"followed by a linear layer (ConvNeXt: a depthwise conv, "
-                                    f"while the adapter mixes channels) and cannot fold into it")
+            raise NotMergeableError(f"repadapter: on {host.display_name} the adapter before "
+                                    f"the token mixer is not followed by a linear layer with a "
+                                    f"bias (ConvNeXt: a depthwise conv, while the adapter mixes "
+                                    f"channels; VMamba: SS2D's bias-free in_proj) and cannot "
+                                    f"fold into it")
         with torch.no_grad():
             for block in host.blocks:
                 sites = block.module.peft_sites

@@ -25,7 +25,9 @@ The paper's counts (Tables 1-4) fix the placement: Swin-B 5.8 M / Swin-L 8.7 M a
 16 C q per block at q = 30, i.e. q, k, v, fc1 and fc2 (the released six linears are 18 C q,
 and no even q brings both within 0.1 M); ConvNeXt-B 6.4 M / -L 9.5 M are fc1 alone at q = 70
 (5 C per q, as the paper's ConvNeXt LoRA); ViT-B's 3.7 M (Table 4) is the released six at
-q = 22. ``paper_config`` places it so.
+q = 22. VMamba-B's 5.0 M (Table 8; no release covers VMamba) is 16 C q at Swin's q = 30 on
+its four block linears (SS2D's in_proj and out_proj, fc1, fc2): 5.04 M. ``paper_config`` places
+it so.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ from .registry import register_method
 HEAD_SIGNS = (1.0, -1.0)  # the release's two kernel heads, coefficients 0.1 * (-1)^h
 KERNEL_SCALE = 0.1
 # The paper's placement per family (module docstring); others keep the release's.
-PAPER_TARGETS = {"swin": ("q", "k", "v", "fc1", "fc2"), "convnext": ("fc1",)}
+PAPER_TARGETS = {"swin": ("q", "k", "v", "fc1", "fc2"), "convnext": ("fc1",),
+                 "vmamba": ("in_proj", "proj", "fc1", "fc2")}
 
 
 @dataclasses.dataclass

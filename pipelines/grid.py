@@ -1,13 +1,14 @@
 """The grid of params.yaml as cells: the one description dvc.yaml is generated from.
 
 `grid` in params.yaml is the active profile (`grid: *mini` or `grid: *paper`). Its groups
-(``dense``, ``vit_dense``, ``classification``, ``pose``, ``remote_sensing``) are products of tasks x
-backbones x methods x seeds, one per paper table family; ``ablation`` runs ParaX variants
-(named in the top-level ``ablations``; the method benchmark/paper_tables.yaml names) on one
-(task, backbone), with its own ``seeds`` if it names them; ``sweep`` sizes every method with a
-width knob to more budgets on some (task, backbone) pairs (the params-vs-score curves). The methods are every
-registered method but those the profile excludes (``exclude``), in the order of the
-top-level ``methods`` overrides, then by name.
+(``dense``, ``vit_dense``, ``vmamba_dense``, ``classification``, ``pose``, ``remote_sensing``),
+one per paper table family, are products of tasks x backbones x methods x seeds, or lists of
+such products. A product runs the methods it names (``methods``: Table 8's on VMamba), else
+every registered method but those the profile excludes (``exclude``), in the order of the
+top-level ``methods`` overrides, then by name. ``ablation`` runs ParaX variants (named in the
+top-level ``ablations``; the method benchmark/paper_tables.yaml names) on one (task, backbone),
+with its own ``seeds`` if it names them; ``sweep`` sizes every method with a width knob to more
+budgets on some (task, backbone) pairs (the params-vs-score curves).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import yaml
 from benchmark.tables import ablation_method
 from catalog import Cell
 
-GROUPS = ("dense", "vit_dense", "classification", "pose", "remote_sensing")
+GROUPS = ("dense", "vit_dense", "vmamba_dense", "classification", "pose", "remote_sensing")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -35,17 +36,33 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 
 def grid_methods(params: dict[str, Any]) -> list[str]:
+    """Every method the grid runs: those of the products that name none (below), then those
+    only a product names, in the order they are named."""
+    default = _default_methods(params)
+    named = [m for spec in _products(params["grid"]) for m in spec.get("methods") or []]
+    return default + [m for m in dict.fromkeys(named) if m not in default]
+
+
+def _default_methods(params: dict[str, Any]) -> list[str]:
     """Every registered method the profile does not exclude (overrides' order, then names)."""
     from methods import available_methods
 
     registered = available_methods()
     exclude = params["grid"].get("exclude") or []
-    for name in [*exclude, *(params["methods"] or {})]:
+    named = [m for spec in _products(params["grid"]) for m in spec.get("methods") or []]
+    for name in [*exclude, *(params["methods"] or {}), *named]:
         if name not in registered:
             raise ValueError(f"params.yaml names method '{name}', which is not registered; "
                              f"registered: {', '.join(registered)}")
     ordered = [*(params["methods"] or {}), *sorted(set(registered) - set(params["methods"] or {}))]
     return [m for m in ordered if m not in exclude]
+
+
+def _products(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every product (tasks x backbones [x methods]) of the grid's groups, in group order (a
+    group the profile leaves out has none)."""
+    specs = [grid.get(group) or [] for group in GROUPS]
+    return [spec for group in specs for spec in (group if isinstance(group, list) else [group])]
 
 
 def _cell(params: dict[str, Any], task: str, backbone: str, method: str, seed: int,
@@ -67,17 +84,20 @@ def expand(params: dict[str, Any], methods: list[str] | None = None) -> list[Cel
     grid = params["grid"]
     exclude = grid.get("exclude") or []
     if methods is None:
-        methods = grid_methods(params)
+        methods = _default_methods(params)
+        wanted = None
     else:
         from methods import get_method
 
-        methods = [get_method(m).name for m in methods if m not in exclude]
+        wanted = [get_method(m).name for m in methods]
+        methods = [m for m in wanted if m not in exclude]
     cells = []
-    for group in GROUPS:
-        spec = grid[group]
+    for spec in _products(grid):
+        chosen = methods if spec.get("methods") is None else [
+            m for m in spec["methods"] if wanted is None or m in wanted]
         for task in spec["tasks"]:
             for backbone in spec["backbones"]:
-                for method in methods:
+                for method in chosen:
                     for seed in grid["seeds"]:
                         cells.append(_cell(params, task, backbone, method, seed))
     ablation, method = grid["ablation"], ablation_method()

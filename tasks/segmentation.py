@@ -25,9 +25,13 @@ PROFILES = {
     "paper": dict(crop=512, batch=16, iters=160_000, warmup=1500, channels=512, aux=True,
                   val_batch=1, loss_stride=None),
 }
-# spec §5: lr and drop path per backbone for ADE20K, reused by Potsdam and LoveDA.
-PAPER_LR = {"swin-b": 6e-5, "swin-l": 3e-4, "convnext-b": 3e-4, "convnext-l": 3e-4}
-PAPER_DROP_PATH = {"swin-b": 0.15, "swin-l": 0.3, "convnext-b": 0.25, "convnext-l": 0.35}
+# spec §5: lr and drop path per backbone for ADE20K, reused by Potsdam and LoveDA. VMamba-B
+# (Table 8) takes the VMamba release's UperNet config (segmentation/configs/vssm1/
+# upernet_vssm_4xb4-160k_ade20k-512x512_base.py, on mmseg's Swin-B schedule): lr 6e-5, drop path 0.6.
+PAPER_LR = {"swin-b": 6e-5, "swin-l": 3e-4, "convnext-b": 3e-4, "convnext-l": 3e-4,
+            "vmamba-b": 6e-5}
+PAPER_DROP_PATH = {"swin-b": 0.15, "swin-l": 0.3, "convnext-b": 0.25, "convnext-l": 0.35,
+                   "vmamba-b": 0.6}
 MINI_LR = 3e-3  # AdamW; the decoder trains from scratch in a few hundred iterations
 # Table 7: a plain ViT decodes with SETR-PUP, as mmseg's setr_vit-l_pup_8xb2-160k_ade20k-512x512:
 # the outputs of blocks 9, 14, 19 and 23 of ViT-L (of another depth: its last four blocks),
@@ -163,27 +167,19 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     backbone = backbone_cfg(cell, PAPER_DROP_PATH.get(cell.backbone, 0.0) if paper else 0.0)
     dims = stage_dims(cell)
     num_classes = spec.layout.num_classes
+    setr = get_backbone(cell.backbone).family == "vit"  # SETR-PUP replaces the heads below
+    decode, aux = _upernet_heads(dims, p["channels"], num_classes, p["aux"] and not setr)
     model = dict(
         type="EncoderDecoder",
         data_preprocessor=dict(type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True,
                                pad_val=0, seg_pad_val=255, size=(p["crop"], p["crop"])),
         backbone=backbone,
-        decode_head=dict(type="UPerHead", in_channels=dims, in_index=list(range(len(dims))),
-                         pool_scales=(1, 2, 3, 6), channels=p["channels"], dropout_ratio=0.1,
-                         num_classes=num_classes, norm_cfg=dict(type="BN", requires_grad=True),
-                         align_corners=False,
-                         loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)),
-        train_cfg=dict(), test_cfg=dict(mode="whole"))
+        decode_head=decode, train_cfg=dict(), test_cfg=dict(mode="whole"))
     if p["loss_stride"] is not None:
         _register_strided_head()
         model["decode_head"].update(type="StridedLossUPerHead", loss_stride=p["loss_stride"])
-    setr = get_backbone(cell.backbone).family == "vit"
-    if p["aux"] and not setr:
-        model["auxiliary_head"] = dict(
-            type="FCNHead", in_channels=dims[2], in_index=2, channels=256, num_convs=1,
-            concat_input=False, dropout_ratio=0.1, num_classes=num_classes,
-            norm_cfg=dict(type="BN", requires_grad=True), align_corners=False,
-            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4))
+    if aux:
+        (model["auxiliary_head"],) = aux
     lr = PAPER_LR.get(cell.backbone, 6e-5) if paper else MINI_LR
     # Trained by iterations in both profiles (an infinite sampler); validation: one pass.
     train_loader = loader(p["batch"], dataset_cfg(cell.data_root, spec, True, p["crop"], suffixes),
@@ -213,6 +209,21 @@ def build_config(spec: TaskSpec, cell: Cell) -> dict[str, Any]:
     return cfg
 
 
+def _upernet_heads(dims: list[int], channels: int, num_classes: int, aux: bool
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """UperNet's decode head over every stage, and its FCN auxiliary head on stage 3."""
+    bn = dict(type="BN", requires_grad=True)
+    decode = dict(type="UPerHead", in_channels=dims, in_index=list(range(len(dims))),
+                  pool_scales=(1, 2, 3, 6), channels=channels, dropout_ratio=0.1,
+                  num_classes=num_classes, norm_cfg=bn, align_corners=False,
+                  loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+    return decode, [dict(
+        type="FCNHead", in_channels=dims[2], in_index=2, channels=256, num_convs=1,
+        concat_input=False, dropout_ratio=0.1, num_classes=num_classes, norm_cfg=bn,
+        align_corners=False,
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=0.4))] if aux else []
+
+
 def _setr_layout(backbone: str) -> tuple[int, tuple[int, ...]]:
     """(token width, the blocks SETR reads) of a plain ViT (SETR_BLOCKS above)."""
     from methods.backbones import create_backbone
@@ -236,9 +247,10 @@ def _setr_heads(dim: int, channels: int, num_classes: int, blocks: tuple[int, ..
             [head(i, 2, 4, 0.4) for i in range(len(blocks) - 1)] if aux else [])
 
 
-def setr_head_params(backbone: str, num_classes: int) -> int:
-    """Parameters of the SETR-PUP heads (decode and auxiliary) the paper profile builds on
-    ``backbone``: Table 7's counts include them."""
+def head_params(backbone: str, num_classes: int) -> int:
+    """Parameters of the heads the paper profile builds on ``backbone`` (decode and auxiliary:
+    SETR-PUP's on a plain ViT, else UperNet's and its FCN head), counted on the meta device:
+    Table 7's counts and Table 8's full fine-tuning include them."""
     import warnings
 
     import torch
@@ -246,12 +258,17 @@ def setr_head_params(backbone: str, num_classes: int) -> int:
     from mmseg.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
-    dim, blocks = _setr_layout(backbone)
-    decode, aux = _setr_heads(dim, SETR_PAPER["channels"], num_classes, blocks,
-                              PROFILES["paper"]["aux"])
+    p = PROFILES["paper"]
+    if get_backbone(backbone).family == "vit":
+        dim, blocks = _setr_layout(backbone)
+        decode, aux = _setr_heads(dim, SETR_PAPER["channels"], num_classes, blocks, p["aux"])
+    else:
+        from methods.backbones import stage_dims as dims
+
+        decode, aux = _upernet_heads(list(dims(backbone)), p["channels"], num_classes, p["aux"])
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mmseg's notes on its loss builder, not about counts
-        return sum(p.numel() for cfg in (decode, *aux) for p in MODELS.build(cfg).parameters())
+        return sum(w.numel() for cfg in (decode, *aux) for w in MODELS.build(cfg).parameters())
 
 
 def _setr(cfg: dict[str, Any], cell: Cell, p: dict[str, Any], num_classes: int) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-MICRO = {"swin": "swin-micro", "convnext": "convnext-micro", "vit": "vit-micro"}
-MICRO_INPUT = {"swin-micro": 64, "convnext-micro": 64, "vit-micro": 32}
+MICRO = {"swin": "swin-micro", "convnext": "convnext-micro", "vit": "vit-micro",
+         "vmamba": "vmamba-micro"}
+MICRO_INPUT = {"swin-micro": 64, "convnext-micro": 64, "vit-micro": 32, "vmamba-micro": 64}
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -8,24 +8,27 @@ from torch import nn
 from methods import NotApplicableError, NotMergeableError, build, create_backbone, merge
 from methods.hosts import SiteLinear
 from methods.hosts.swin import SwinSiteAttention
+from methods.hosts.vmamba import VSSBlock
 
 from .conftest import MICRO, micro_input, run
 
 BASELINES = ["lora", "adaptformer", "mona", "lorand", "repadapter", "vpt", "snell"]
-FAMILIES = ["swin", "convnext", "vit"]
+FAMILIES = ["swin", "convnext", "vit", "vmamba"]
 
 # Where each method's modules sit, per block.
 EXPECTED_SITES = {
-    "lora": {"swin": ["qkv", "qkv"], "vit": ["qkv", "qkv"], "convnext": ["fc1"]},
+    "lora": {"swin": ["qkv", "qkv"], "vit": ["qkv", "qkv"], "convnext": ["fc1"],
+             "vmamba": ["fc1"]},
     "adaptformer": {f: ["mlp_parallel"] for f in FAMILIES},
-    "mona": {"swin": ["attn_out", "block_out"], "convnext": ["block_out"], "vit": ["block_out"]},
+    "mona": {"swin": ["attn_out", "block_out"], "convnext": ["block_out"], "vit": ["block_out"],
+             "vmamba": ["attn_out", "block_out"]},
     "lorand": {"swin": ["attn_branch", "mlp_branch"], "vit": ["attn_branch", "mlp_branch"],
-               "convnext": ["mlp_branch"]},
+               "convnext": ["mlp_branch"], "vmamba": ["attn_branch", "mlp_branch"]},
     "repadapter": {f: ["attn_in", "mlp_in"] for f in FAMILIES},
     "vpt": {"swin": ["prompts"], "vit": ["prompts"]},
     # (as the paper places it: see methods/snell.py)
     "snell": {"swin": ["qkv", "fc1", "fc2"], "vit": ["qkv", "proj", "fc1", "fc2"],
-              "convnext": ["fc1"]},
+              "convnext": ["fc1"], "vmamba": ["in_proj", "out_proj", "fc1", "fc2"]},
 }
 ZERO_INIT = ["lora", "adaptformer", "repadapter"]
 
@@ -43,7 +46,7 @@ def placements(host):
     for i, info in enumerate(host.blocks):
         for site, modules in info.module.peft_sites.items():
             out += [(i, site, m) for m in modules]
-        for path in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+        for path in ("attn.qkv", "attn.proj", "op.in_proj", "op.out_proj", "mlp.fc1", "mlp.fc2"):
             try:
                 linear = info.module.get_submodule(path)
             except AttributeError:
@@ -57,9 +60,10 @@ def placements(host):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", BASELINES)
 def test_sites_freezing_and_forward_backward(method, family):
-    if method == "vpt" and family == "convnext":
-        with pytest.raises(NotApplicableError, match="vpt is not applicable to ConvNeXt backbones: the "
-                                                     "family has no prompts placement"):
+    if method == "vpt" and family in ("convnext", "vmamba"):
+        display = {"convnext": "ConvNeXt", "vmamba": "VMamba"}[family]
+        with pytest.raises(NotApplicableError, match=f"vpt is not applicable to {display} backbones: "
+                                                     f"the family has no prompts placement"):
             attach(method, family)
         return
     host = attach(method, family)
@@ -107,7 +111,8 @@ def _randomize_added(host):
 @pytest.mark.parametrize("method,family", [("lora", "swin"), ("lora", "vit"), ("lora", "convnext"),
                                            ("repadapter", "swin"), ("repadapter", "vit"),
                                            ("snell", "swin"), ("snell", "vit"),
-                                           ("snell", "convnext")])
+                                           ("snell", "convnext"), ("lora", "vmamba"),
+                                           ("snell", "vmamba")])
 def test_merged_equals_unmerged(method, family):
     host = attach(method, family, dense=False)
     host.model.eval()
@@ -123,13 +128,15 @@ def test_merged_equals_unmerged(method, family):
     assert not any(isinstance(m, SiteLinear) for m in model.modules())
     assert model.state_dict().keys() == plain.state_dict().keys()
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
-    assert type(model.get_submodule(
-        "layers.0.blocks.0" if family == "swin" else "stages.0.blocks.0" if family == "convnext"
-        else "blocks.0")).__module__.startswith("timm.")
+    block = type(model.get_submodule(
+        "layers.0.blocks.0" if family in ("swin", "vmamba") else "stages.0.blocks.0"
+        if family == "convnext" else "blocks.0"))
+    assert block is VSSBlock if family == "vmamba" else block.__module__.startswith("timm.")
 
 
 @pytest.mark.parametrize("method,family,message", [
-    ("repadapter", "convnext", "cannot fold into it"),
+    ("repadapter", "convnext", "ConvNeXt the adapter before the token mixer .* cannot fold"),
+    ("repadapter", "vmamba", "VMamba: SS2D's bias-free in_proj"),
     ("mona", "swin", "mona has no merged form"),
     ("parax", "vit", "parax has no merged form"),
 ])

@@ -9,7 +9,7 @@ from methods.checkpoints import CheckpointError, export_official, load_official
 
 from .conftest import MICRO, micro_input, run
 
-TASK = {"swin": "ade20k", "convnext": "coco_instance", "vit": "cifar100"}
+TASK = {"swin": "ade20k", "convnext": "coco_instance", "vit": "cifar100", "vmamba": "ade20k"}
 
 # A few keys of each family as the authors' code and the original releases name them.
 OFFICIAL_KEYS = {
@@ -27,6 +27,9 @@ OFFICIAL_KEYS = {
     "vit": ["blocks.0.adapter.router.2.weight", "blocks.3.adapter.res_bias",
             "peft_params.projA_params", "peft_params.conv5x5_params", "cls_token",
             "blocks.1.attn.q_proj.weight", "blocks.1.attn.v_proj.bias", "blocks.2.fc1.weight"],
+    "vmamba": ["layers.0.blocks.1.adapter1.router.0.weight", "layers.2.blocks.2.adapter2.res_bias",
+               "peft_params.1.projA_params", "extra_norm.3.weight", "patch_embed.5.weight",
+               "layers.0.downsample.1.weight", "layers.1.blocks.0.op.x_proj_weight"],
 }
 
 
@@ -39,7 +42,7 @@ def randomized(family: str, seed: int):
     return host.model.eval() and host
 
 
-@pytest.mark.parametrize("family", ["swin", "convnext", "vit"])
+@pytest.mark.parametrize("family", ["swin", "convnext", "vit", "vmamba"])
 def test_official_round_trip_is_lossless(family, tmp_path):
     source = randomized(family, seed=1)
     official = export_official(source)

@@ -69,6 +69,8 @@ ORDER = {
     "vit": [Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
             Site.MLP_PARALLEL, Site.BLOCK_OUT],
     "convnext": [Site.ATTN_IN, Site.MLP_IN, Site.MLP_BRANCH, Site.MLP_PARALLEL, Site.BLOCK_OUT],
+    "vmamba": [Site.ATTN_IN, Site.ATTN_BRANCH, Site.ATTN_OUT, Site.MLP_IN, Site.MLP_BRANCH,
+               Site.MLP_PARALLEL, Site.BLOCK_OUT],
 }
 
 
@@ -86,7 +88,7 @@ def run_model(host, x):
     return host.forward_features(x) if host.dense else host.forward_pooled(x)
 
 
-@pytest.mark.parametrize("family", ["swin", "convnext", "vit"])
+@pytest.mark.parametrize("family", ["swin", "convnext", "vit", "vmamba"])
 def test_token_sites_run_in_order_at_the_right_tensors(family):
     name = MICRO[family]
     host = create_backbone(name, dense=family != "vit")
@@ -113,14 +115,15 @@ def test_token_sites_run_in_order_at_the_right_tensors(family):
             assert torch.equal(seen[Site.MLP_PARALLEL], tokens(x0))
             assert torch.allclose(seen[Site.BLOCK_OUT], tokens(branch + x0), atol=1e-6)
         else:
-            if family == "swin":
+            norm1 = b.norm if family == "vmamba" else b.norm1
+            if family in ("swin", "vmamba"):
                 flat = lambda t: t.reshape(t.shape[0], -1, t.shape[-1])  # noqa: E731
-                attn = flat(b._attn(b.norm1(x0)))
+                attn = flat(b.op(b.norm(x0)) if family == "vmamba" else b._attn(b.norm1(x0)))
                 x_in = flat(x0)
             else:
                 attn = b.ls1(b.attn(b.norm1(x0)))
                 x_in = x0
-            assert torch.allclose(seen[Site.ATTN_IN], b.norm1(x_in))
+            assert torch.allclose(seen[Site.ATTN_IN], norm1(x_in))
             assert torch.allclose(seen[Site.ATTN_BRANCH], attn, atol=1e-6)
             after_attn = x_in + attn
             assert torch.allclose(seen[Site.ATTN_OUT], after_attn, atol=1e-6)
@@ -140,7 +143,8 @@ class Ones(nn.Module):
 
 
 @pytest.mark.parametrize("family,site", [("swin", Site.QKV), ("vit", Site.FC1),
-                                         ("convnext", Site.FC2)])
+                                         ("convnext", Site.FC2), ("vmamba", Site.IN_PROJ),
+                                         ("vmamba", Site.PROJ)])
 def test_linear_sites_add_branches_and_keep_names(family, site):
     host = create_backbone(MICRO[family])
     info = host.blocks[0]

@@ -214,7 +214,7 @@ def _is_parax_param(name: str) -> bool:
     return name.startswith(("peft_shared.parax.", "peft_stage_out.")) or ".peft_sites." in name
 
 
-@pytest.mark.parametrize("family", ["swin", "convnext", "vit"])
+@pytest.mark.parametrize("family", ["swin", "convnext", "vit", "vmamba"])
 def test_freezing_rule(family):
     host = parax_host(family)
     names = {n for n, p in host.model.named_parameters() if p.requires_grad}
@@ -226,11 +226,12 @@ def test_freezing_rule(family):
     frozen = {n for n, p in host.model.named_parameters() if not p.requires_grad}
     for part in {"swin": ("relative_position_bias_table", "downsample"),
                  "convnext": ("blocks.0.gamma", "stem"),
-                 "vit": ("patch_embed", "blocks.0.norm1", "cls_token")}[family]:
+                 "vit": ("patch_embed", "blocks.0.norm1", "cls_token"),
+                 "vmamba": ("patch_embed", "op.A_logs", "op.dt_projs_bias", "downsample")}[family]:
         assert any(part in n for n in frozen), part
 
 
-@pytest.mark.parametrize("family", ["swin", "convnext", "vit"])
+@pytest.mark.parametrize("family", ["swin", "convnext", "vit", "vmamba"])
 def test_synthesized_weights_depend_on_the_input(family):
     host = parax_host(family)
     host.model.eval()
@@ -248,7 +249,7 @@ def test_synthesized_weights_depend_on_the_input(family):
         assert not torch.allclose(synthesized[0], synthesized[1], atol=1e-7)
 
 
-@pytest.mark.parametrize("family", ["swin", "convnext"])
+@pytest.mark.parametrize("family", ["swin", "convnext", "vmamba"])
 def test_shared_center_gets_gradient_from_every_module_of_its_stage(family):
     host = parax_host(family)
     host.model.eval()  # no drop path: the two passes below must be the same computation
@@ -256,7 +257,7 @@ def test_shared_center_gets_gradient_from_every_module_of_its_stage(family):
     stage = 2
     center = host.model.peft_shared.parax.centers[stage]
     modules = [m for m in host.model.modules() if isinstance(m, ParaXModule) and m.center is center]
-    assert len(modules) == host.stages[stage].depth * (2 if family == "swin" else 1)
+    assert len(modules) == host.stages[stage].depth * (1 if family == "convnext" else 2)
 
     sum(f.square().mean() for f in run(host, x)).backward()
     shared_grad = {n: p.grad.clone() for n, p in center.named_parameters()}
@@ -313,7 +314,7 @@ ABLATIONS = [
 ]
 
 
-@pytest.mark.parametrize("family", ["swin", "convnext", "vit"])
+@pytest.mark.parametrize("family", ["swin", "convnext", "vit", "vmamba"])
 @pytest.mark.parametrize("options", ABLATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_every_ablation_runs_forward_backward(family, options):
     host = parax_host(family, bottleneck=options.pop("bottleneck", 12), **options)

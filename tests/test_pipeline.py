@@ -90,9 +90,17 @@ def test_dvc_stages_are_the_grid(tmp_path, profile):
         (t, s) for t in params["grid"]["diagnostics"]["tasks"]
         for s in params["grid"]["diagnostics"]["seeds"]}
     if profile == "paper":  # Tables 1-3: 3 tasks x 4 backbones, 7: 1, 4: 4 datasets, 9: 1, 10: 2
-        assert len(cells) == (12 + 1 + 4 + 1 + 2) * 12 * 3 + 24 * 3
-        # ADE20K's 5 backbones, but VPT on the two ConvNeXts and CoLoRA on the other three
-        assert len(kept) == 5 * 12 - 2 - 3
+        # (every method), 8: Table 8's 7 methods on VMamba-B
+        assert len(cells) == (12 + 1 + 4 + 1 + 2) * 12 * 3 + 24 * 3 + 7 * 3
+        # ADE20K's 5 backbones, but VPT on the two ConvNeXts and CoLoRA on the other three,
+        # and Table 8's 7 on VMamba-B
+        assert len(kept) == 5 * 12 - 2 - 3 + 7
+        assert {c.method for c in cells if c.backbone == "vmamba-b"} == {
+            "full", "parax", "mona", "lorand", "repadapter", "adaptformer", "snell"}
+    else:  # CoLoRA runs on ConvNeXt only, beside full fine-tuning, and nowhere else
+        assert {(c.backbone, c.method) for c in cells if c.method == "colora"
+                or c.backbone == "convnext-micro"} == {("convnext-micro", "full"),
+                                                       ("convnext-micro", "colora")}
 
 
 def test_a_cell_depends_on_its_own_method_only():

@@ -94,8 +94,9 @@ def test_table_7_counts_setr_puts_heads_beside_the_backbone(capsys):
     317.3 M is ViT-L with a 512-input position table (+0.85 M) plus 13.14 M of heads."""
     from benchmark.budget import counted_head_params
 
-    assert counted_head_params("vit-l", "ade20k") == DECODE + 3 * AUX == 13_143_640
-    assert counted_head_params("swin-b", "ade20k") == counted_head_params("vit-b", "cifar100") == 0
+    assert counted_head_params("vit-l", "ade20k", "parax") == DECODE + 3 * AUX == 13_143_640
+    assert counted_head_params("swin-b", "ade20k", "full") == 0
+    assert counted_head_params("vit-b", "cifar100", "full") == 0
     assert VIT_L + (1025 - 197) * 1024 + DECODE + 3 * AUX == pytest.approx(317.3e6, abs=0.05e6)
     assert main(["params", "--backbone", "vit-l", "--method", "parax", "gps", "full", "--task",
                  "ade20k", "--budget", "paper", "--format", "json"]) == 0

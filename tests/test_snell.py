@@ -84,7 +84,8 @@ def test_a_qkv_branch_writes_only_its_thirds_with_one_dropout_draw():
 
 
 @pytest.mark.parametrize("family,sites", [("swin", (Site.QKV, Site.PROJ, Site.FC1, Site.FC2)),
-                                          ("convnext", (Site.FC1, Site.FC2))])
+                                          ("convnext", (Site.FC1, Site.FC2)),
+                                          ("vmamba", (Site.FC1, Site.FC2))])
 def test_the_released_placement_counts_q_per_input_and_output(family, sites):
     """q (in + out) per adapted linear, q, k and v each C -> C; nothing else trains."""
     host = build(MICRO[family], "snell", "ade20k", rank=8, targets=None)

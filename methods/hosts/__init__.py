@@ -6,8 +6,9 @@ from .base import (HOSTS, LINEAR_SITES, LINEAR_TARGETS, TOKEN_SITES, BackboneHos
 from .convnext import ConvNeXtHost
 from .swin import SwinHost
 from .vit import ViTHost
+from .vmamba import VMambaHost
 
 __all__ = ["BackboneHost", "BlockInfo", "ChannelNorm", "CheckpointError", "ConvNeXtHost", "HOSTS",
            "LayerDelta", "LINEAR_SITES", "LINEAR_TARGETS", "Role", "Site", "SiteLinear", "SiteMixin",
-           "SiteNotSupported", "StageInfo", "SwinHost", "TOKEN_SITES", "ViTHost", "check_targets",
+           "SiteNotSupported", "StageInfo", "SwinHost", "TOKEN_SITES", "ViTHost", "VMambaHost", "check_targets",
            "get_family", "register_family", "split_patches"]

@@ -1,6 +1,6 @@
 """Backbone hosts: the named insertion sites a PEFT method attaches modules to.
 
-A host wraps a timm backbone of one family (Swin, ConvNeXt, ViT) and gives every method the
+A host wraps a timm backbone of one family (Swin, ConvNeXt, ViT, VMamba) and gives every method the
 same vocabulary of sites, so that no method touches a block's code. To keep timm's parameter
 names (and so timm's and the original releases' checkpoints) intact, the host re-classes each
 block in place to a site-aware subclass whose forward is the timm forward plus calls into the
@@ -38,7 +38,8 @@ class Site(str, enum.Enum):
     MLP_PARALLEL = "mlp_parallel"  # f(stream before the MLP) added to the MLP residual sum
     BLOCK_OUT = "block_out"  # stream after the whole block
     QKV = "qkv"  # additive branch on the attention qkv linear
-    PROJ = "proj"  # additive branch on the attention output projection
+    IN_PROJ = "in_proj"  # additive branch on a state-space mixer's input projection (VMamba)
+    PROJ = "proj"  # additive branch on the token mixer's output projection
     FC1 = "fc1"  # additive branch on the first MLP linear
     FC2 = "fc2"  # additive branch on the second MLP linear
     DWCONV = "dwconv"  # additive branch on a conv block's depthwise conv (its token mixer)
@@ -58,11 +59,12 @@ TOKEN_SITES = frozenset({
     Site.MLP_PARALLEL, Site.BLOCK_OUT,
 })
 # Sites whose modules are additive branches of a block layer (a Linear, or the depthwise Conv2d).
-LINEAR_SITES = frozenset({Site.QKV, Site.PROJ, Site.FC1, Site.FC2, Site.DWCONV})
+LINEAR_SITES = frozenset({Site.QKV, Site.IN_PROJ, Site.PROJ, Site.FC1, Site.FC2, Site.DWCONV})
 # The linears a weight-update method (LoRA, SNELL) names in its ``targets``:
 # name -> (linear site, which third of the fused qkv output; None = the whole output).
 LINEAR_TARGETS = {"q": (Site.QKV, 0), "k": (Site.QKV, 1), "v": (Site.QKV, 2),
-                  "proj": (Site.PROJ, None), "fc1": (Site.FC1, None), "fc2": (Site.FC2, None)}
+                  "proj": (Site.PROJ, None), "fc1": (Site.FC1, None), "fc2": (Site.FC2, None),
+                  "in_proj": (Site.IN_PROJ, None)}
 
 
 def check_targets(method: str, targets) -> tuple[str, ...]:
