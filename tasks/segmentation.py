@@ -254,6 +254,7 @@ def head_params(backbone: str, num_classes: int) -> int:
     import warnings
 
     import torch
+    from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
@@ -266,7 +267,8 @@ def head_params(backbone: str, num_classes: int) -> int:
         from methods.backbones import stage_dims as dims
 
         decode, aux = _upernet_heads(list(dims(backbone)), p["channels"], num_classes, p["aux"])
-    with torch.device("meta"), warnings.catch_warnings():
+    # mmseg's scope, whichever OpenMMLab package set the default one (else its registry is searched)
+    with torch.device("meta"), warnings.catch_warnings(), DefaultScope.overwrite_default_scope("mmseg"):
         warnings.simplefilter("ignore")  # mmseg's notes on its loss builder, not about counts
         return sum(w.numel() for cfg in (decode, *aux) for w in MODELS.build(cfg).parameters())
 

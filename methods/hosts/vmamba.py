@@ -12,9 +12,8 @@ holding the same linear weights, the same function.
 
 Everything is plain PyTorch: the selective scan is a parallel (log-depth) form of the
 recurrence (``selective_scan``), equal to the sequential scan it replaces; no compiled kernel
-is needed.
-The timm architectures are registered here (``vmamba_base``), so the catalog names VMamba
-backbones like any other.
+is needed. The timm architecture is registered here (``vmamba_base``), so the catalog names
+VMamba backbones like any other.
 """
 from __future__ import annotations
 
@@ -99,15 +98,13 @@ class SS2D(nn.Module):
     """The release's SS2D, ``v05_noz``: in_proj (no gate) -> depthwise conv -> SiLU -> the
     four-direction selective scan -> out_norm -> out_proj. Channels-last in and out."""
 
-    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, d_conv: int = 3,
-                 conv_bias: bool = False):
+    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0):
         super().__init__()
         inner = int(ssm_ratio * dim)
         self.d_state, self.dt_rank = d_state, math.ceil(dim / 16)
         self.in_proj = nn.Linear(dim, inner, bias=False)
         self.act = nn.SiLU()
-        self.conv2d = nn.Conv2d(inner, inner, d_conv, padding=(d_conv - 1) // 2, groups=inner,
-                                bias=conv_bias)
+        self.conv2d = nn.Conv2d(inner, inner, 3, padding=1, groups=inner, bias=False)
         k, r = K_DIRECTIONS, self.dt_rank
         # One projection per direction to (dt, B, C), stacked; nn.Linear's default init.
         bound = inner ** -0.5
