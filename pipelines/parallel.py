@@ -48,6 +48,9 @@ from pipelines import stages as generated
 from pipelines.grid import load_params
 
 UPSTREAM = ("data-", "pretrain-")
+# Stages that use every core (pretraining trains on torch's default thread count): each runs
+# with nothing beside it, as two of them side by side would fight over the cores.
+ALONE = ("pretrain-",)
 # Stages run in children of the fork server, by name prefix: the module their command runs.
 FORKED = {"cell-": "pipelines.cell", "diagnose-": "pipelines.diagnose"}
 CELLS = tuple(FORKED)
@@ -246,8 +249,9 @@ def run_commands(commands: dict[str, str], after: dict[str, set[str]], jobs: int
 def run_pool(names: list[str], after: dict[str, set[str]], one: Callable[[str, Path], int],
              jobs: int, log_dir: Path) -> list[str]:
     """``one(name, log)`` for each name, ``jobs`` at a time in this order, each name once the
-    names in ``after[name]`` that are among ``names`` have succeeded; a progress line per
-    finished name with an ETA. A failure stops new launches. Returns the names that succeeded."""
+    names in ``after[name]`` that are among ``names`` have succeeded (an ``ALONE`` stage by
+    itself); a progress line per finished name with an ETA. A failure stops new launches.
+    Returns the names that succeeded."""
     log_dir.mkdir(parents=True, exist_ok=True)
     pending, done, failed = list(names), [], []
     start = time.monotonic()
@@ -258,23 +262,30 @@ def run_pool(names: list[str], after: dict[str, set[str]], one: Callable[[str, P
         log.write_text("")
         return name, one(name, log), time.monotonic() - t0
 
-    def ready() -> str | None:
+    def ready(busy: bool) -> str | None:
         for name in pending:
-            if not (after.get(name, set()) & set(names)) - set(done):
+            if not (after.get(name, set()) & set(names)) - set(done) and not (
+                    busy and name.startswith(ALONE)):
                 pending.remove(name)
                 return name
         return None
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        running = set()
+        running: set = set()
+        alone: set = set()  # the running futures of ALONE stages
 
         def launch() -> None:
-            while len(running) < jobs and not failed and (name := ready()) is not None:
-                running.add(pool.submit(timed, name))
+            while (len(running) < jobs and not failed and not alone
+                   and (name := ready(busy=bool(running))) is not None):
+                future = pool.submit(timed, name)
+                running.add(future)
+                if name.startswith(ALONE):
+                    alone.add(future)
 
         launch()
         while running:
             finished, running = wait(running, return_when=FIRST_COMPLETED)
+            alone -= finished
             for future in finished:
                 name, code, seconds = future.result()
                 (done if code == 0 else failed).append(name)

@@ -174,6 +174,22 @@ def test_parallel_stages_wait_for_the_stages_they_read(tmp_path, monkeypatch, ca
     assert "3/3 pretrain-b: ok" in capsys.readouterr().out
 
 
+def test_parallel_runs_each_pretraining_stage_by_itself(tmp_path, monkeypatch):
+    """Pretraining uses every core: nothing runs beside a pretrain stage (data stages, two at
+    a time, do run together)."""
+    monkeypatch.chdir(tmp_path)
+    stamp = ("import sys, time; f = open('times', 'a'); f.write(f'{sys.argv[1]} {time.time()} ');"
+             " time.sleep(0.5); f.write(f'{time.time()}\\n')")
+    names = ["pretrain-a", "data-x", "pretrain-b", "data-y", "data-z"]
+    commands = {n: f'python -c "{stamp}" {n}' for n in names}
+    assert sorted(parallel.run_commands(commands, {}, 2, tmp_path / "logs")) == sorted(names)
+    spans = {name: (float(t0), float(t1)) for name, t0, t1 in
+             (line.split() for line in (tmp_path / "times").read_text().splitlines())}
+    overlapping = {(a, b) for a in spans for b in spans if a < b
+                   and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]}
+    assert overlapping and all(not n.startswith("pretrain-") for pair in overlapping for n in pair)
+
+
 def test_a_stage_reads_the_outputs_inside_or_around_the_paths_it_depends_on():
     deps = {"aggregate": ["results/runs/mini", "benchmark/aggregate.py"],
             "diagnose-x": ["results/runs/mini/x.json"], "page": ["results/tables/mini/t.json"],
